@@ -1,0 +1,189 @@
+"""base add / list / show / rm, and validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, human_bytes, human_count, out, print_json
+from lora_hub.types import BaseModelInfo, CompatReport
+
+app = typer.Typer(help="Register and inspect base models.", no_args_is_help=True)
+BaseArg = Annotated[str, typer.Argument(help="Registered base name.", show_default=False)]
+
+
+@app.command("add")
+@handle_errors
+def add(
+    path: Annotated[Path, typer.Argument(help="HF model folder: config.json + model.safetensors or shards + index.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name to register it under.")],
+    store: Annotated[bool, typer.Option("--store", help="Also copy the files into the blob store.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Fingerprint a model folder and register it as a base.
+
+    The weights stay where they are unless --store. Re-adding an unchanged folder reads nothing:
+    tensor hashes are cached by path, size, mtime and inode.
+
+    Example: lorahub base add ./Llama-3.2-1B --name llama-3.2-1b
+    """
+    result = hub().base_add(path, name, store=store, progress=RichProgress(not json))
+    if json:
+        print_json(result)
+        return
+    b = result.base
+    what = "registered" if result.created else "unchanged"
+    hashed = f"hashed {human_bytes(result.hashed_bytes)}" if result.hashed_bytes else "hashes from cache"
+    stored = f", stored {human_bytes(result.stored_bytes)}" if result.stored_bytes else ""
+    out.print(f"{b.name}  {b.content_fingerprint}  ({what}; {b.num_tensors} tensors, {hashed}{stored})", markup=False)
+
+
+@app.command("list")
+@handle_errors
+def list_(json: JsonOpt = False) -> None:
+    """List registered bases."""
+    bases = hub().base_list()
+    if json:
+        print_json(bases)
+        return
+    if not bases:
+        out.print("no bases registered (add one with `lorahub base add DIR --name NAME`)")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("NAME", "MODEL_TYPE", "DTYPE", "PARAMS", "SIZE", "STORED", "FINGERPRINT"):
+        table.add_column(col, no_wrap=True)
+    for b in bases:
+        table.add_row(
+            b.name or "-",
+            b.model_type or "-",
+            b.dtype,
+            human_count(b.num_params),
+            human_bytes(b.size_bytes),
+            "yes" if b.stored else "no",
+            b.content_fingerprint[:19] + "…",
+        )
+    out.print(table)
+
+
+@app.command("show")
+@handle_errors
+def show(
+    name: BaseArg,
+    tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Show a base: fingerprints, architecture, dtype, parameters, tensors, where it lives."""
+    b = hub().base_show(name)
+    if json:
+        print_json(b)
+        return
+    _print_base(b, tensors)
+
+
+def _print_base(b: BaseModelInfo, all_tensors: bool) -> None:
+    lines = [
+        ("name", b.name or "-"),
+        ("content", b.content_fingerprint),
+        ("structure", b.structure_fingerprint),
+        ("model_type", b.model_type or "-"),
+        ("architectures", ", ".join(b.architectures) or "-"),
+        ("dtype", b.dtype),
+        ("params", f"{b.num_params:,} ({human_count(b.num_params)})"),
+        ("tensors", str(b.num_tensors)),
+        ("size", human_bytes(b.size_bytes)),
+        ("path", b.path or "-"),
+        ("stored", "yes (blob store)" if b.stored else "no"),
+        ("added", b.created_at.isoformat(timespec="seconds") if b.created_at else "-"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        out.print(f"{key:<{width}}  {value}", markup=False)
+    if b.lineage:
+        recipe = b.lineage.get("recipe", {})
+        report = b.lineage.get("report", {})
+        out.print("lineage", markup=False)
+        out.print(f"  recipe        {b.lineage.get('recipe_digest')}", markup=False)
+        out.print(f"  base          {recipe.get('base_fingerprint')}", markup=False)
+        for a in recipe.get("adapters", []):
+            out.print(f"  adapter       {a['ref']} @ {a['weight']:g}  {a['digest']}", markup=False)
+        out.print(f"  method        {recipe.get('method')}  dtype {recipe.get('dtype')}", markup=False)
+        versions = ", ".join(f"{k} {v}" for k, v in b.lineage.get("versions", {}).items())
+        out.print(f"  versions      {versions}", markup=False)
+        worst = report.get("worst_error")
+        out.print(
+            f"  verification  {report.get('verified_tensors')} tensors, "
+            + (f"worst relative error {worst:.3g} ({report.get('worst_tensor')})" if worst is not None else "no probes")
+            + (", passed" if report.get("passed") else ", FAILED"),
+            markup=False,
+        )
+    out.print("files", markup=False)
+    for f in b.files:
+        out.print(f"  {f.path}  {human_bytes(f.size)}" + (f"  {f.digest}" if f.digest else ""), markup=False)
+    if all_tensors and b.tensors:
+        out.print("tensors", markup=False)
+        for tname, t in b.tensors.items():
+            out.print(f"  {tname}  {t.dtype}{t.shape}  {t.file}  {t.digest}", markup=False)
+
+
+@app.command("rm")
+@handle_errors
+def rm(name: BaseArg, json: JsonOpt = False) -> None:
+    """Forget a base. Its folder is untouched; stored blobs are freed by `lorahub gc`."""
+    b = hub().base_remove(name)
+    if json:
+        print_json(b)
+    else:
+        out.print(f"removed base {b.name}", markup=False)
+
+
+@handle_errors
+def validate(
+    adapter: Annotated[str, typer.Argument(help="Adapter reference, or a PEFT adapter folder.")],
+    base: Annotated[str, typer.Option("--base", "-b", help="Registered base name, or an HF model folder.")],
+    strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 1) on 'compatible' too.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Does an adapter fit a base? Prints exact, compatible or incompatible (with every problem).
+
+    Exit code: 0 for exact or compatible, 1 for incompatible (and for compatible with --strict).
+
+    Examples: lorahub validate acme/sql:3 --base llama-3.2-1b
+              lorahub validate ./some-peft-dir --base ./some-model-dir
+    """
+    report = hub().validate(adapter, base)
+    if json:
+        print_json(report)
+    else:
+        _print_report(report)
+    if report.verdict == "incompatible" or (strict and report.verdict != "exact"):
+        raise typer.Exit(1)
+
+
+def _print_report(r: CompatReport) -> None:
+    count = f", {len(r.problems)} problem(s)" if r.problems else ""
+    out.print(f"{r.adapter} on {r.base}: {r.verdict}{count}", markup=False)
+    for p in r.problems:
+        out.print(f"  - [{p.code}] {p.message}", markup=False)
+    for note in r.notes:
+        out.print(f"  {note}", markup=False)
+    if r.diff is not None:
+        d = r.diff
+        if d.tensors_differing == 0:
+            out.print(f"  weights: all {d.tensors_compared} target tensors are identical", markup=False)
+        else:
+            size = (
+                f"; relative difference max {d.max_relative_diff:.4g} ({d.worst_tensor}), "
+                f"mean {d.mean_relative_diff:.4g}"
+                if d.max_relative_diff is not None
+                else ""
+            )
+            out.print(
+                f"  weights: {d.tensors_differing} of {d.tensors_compared} target tensors differ{size}", markup=False
+            )
+    if r.key_mapping.get("strip") or r.key_mapping.get("add"):
+        out.print(
+            f"  key mapping: strip {r.key_mapping['strip'] or '-'!r}, add {r.key_mapping['add'] or '-'!r}", markup=False
+        )

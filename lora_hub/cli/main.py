@@ -1,0 +1,50 @@
+"""The ``lorahub`` command. Each command group lives in its own module; this one joins them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lora_hub import __version__
+from lora_hub.cli import adapters, admin, bases, merge, metrics
+
+app = typer.Typer(
+    name="lorahub",
+    help="A registry and merge service for LoRA adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lorahub {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """A registry and merge service for LoRA adapters. Set LORAHUB_HOME to choose where it keeps
+    its catalog and blobs (default ~/.lorahub); LORAHUB_DEBUG=1 shows tracebacks."""
+
+
+adapters.register(app)
+app.command("validate")(bases.validate)
+app.command("merge")(merge.merge)
+app.command("combine")(merge.combine)
+app.command("methods")(merge.methods)
+app.add_typer(bases.app, name="base")
+app.add_typer(metrics.app, name="metrics")
+app.command("gc")(admin.gc)
+app.add_typer(admin.db_app, name="db")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,202 @@
+"""merge, combine, methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, human_bytes, out, print_json
+from lora_hub.errors import InvalidArgumentError
+
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="How adapters combine; see `lorahub methods`.")]
+DensityOpt = Annotated[float | None, typer.Option("--density", help="Fraction kept (ties, dare_*, magnitude_prune).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the random methods (dare_*); default 0.")]
+MajorityOpt = Annotated[str | None, typer.Option("--majority-sign", help="ties sign election: sum or count.")]
+LambdaOpt = Annotated[float | None, typer.Option("--lambda", help="task_arithmetic's scale.")]
+ParamOpt = Annotated[list[str], typer.Option("--param", help="Other method parameter, KEY=VALUE; repeatable.")]
+
+
+def method_params(
+    density: float | None, seed: int | None, majority_sign: str | None, lambda_: float | None, extra: list[str]
+) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidArgumentError(f"--param {item!r} is not KEY=VALUE")
+        params[key] = value
+    named = {"density": density, "seed": seed, "majority_sign": majority_sign, "lambda": lambda_}
+    params.update({k: v for k, v in named.items() if v is not None})
+    return params
+
+
+@handle_errors
+def merge(
+    adapters: Annotated[
+        list[str], typer.Argument(help="Adapters to merge: REF[@WEIGHT] or FOLDER[@WEIGHT] (weight 1 by default).")
+    ],
+    base: Annotated[str, typer.Option("--base", "-b", help="Registered base name, or an HF model folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the merged model to.")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Register the result as a base model.")] = None,
+    method: MethodOpt = "linear",
+    density: DensityOpt = None,
+    seed: SeedOpt = None,
+    majority_sign: MajorityOpt = None,
+    lambda_: LambdaOpt = None,
+    param: ParamOpt = [],  # noqa: B006
+    device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu or cuda.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (keep the base's), bfloat16, float16 or float32.")
+    ] = "auto",
+    shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB.")] = "5GB",
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Recompute even if recorded, and replace a non-empty OUTPUT.")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Merge adapters into a base: W' = W + sum_i w_i * s_i * B_i @ A_i, streamed and verified.
+
+    Examples:
+      lorahub merge --base llama-3.2-1b acme/sql:3 -o ./merged --name acme/llama-sql
+      lorahub merge --base llama-3.2-1b acme/sql:3@0.7 acme/chat:1@0.3 -o ./merged
+      lorahub merge --base llama-3.2-1b a:1@0.5 b:2@0.3 c:1@0.2 --method ties --density 0.4 -o ./merged
+    """
+    result = hub().merge(
+        base,
+        adapters,
+        output,
+        name=name,
+        method=method,
+        params=method_params(density, seed, majority_sign, lambda_, param),
+        dtype=dtype,
+        device=device,
+        shard_size=shard_size,
+        force=force,
+        progress=RichProgress(not json),
+    )
+    if json:
+        print_json(result)
+        return
+    rec = result.record
+    report = rec.report
+    if result.reused:
+        out.print(
+            f"{result.path}: served from the catalog (recipe {rec.recipe_digest[:19]}…, merged before)", markup=False
+        )
+    else:
+        rate = result.bytes_written / result.seconds / 1e9 if result.seconds else 0.0
+        out.print(
+            f"merged {result.tensors_merged} tensors, copied {result.tensors_copied}"
+            + (f", converted {result.tensors_converted}" if result.tensors_converted else "")
+            + f" -> {result.path}\n"
+            f"  {human_bytes(result.bytes_written)} in {result.seconds:.2f} s ({rate:.2f} GB/s) on {result.device}, "
+            f"peak memory {human_bytes(result.peak_rss_bytes)}",
+            markup=False,
+        )
+    worst = (
+        f"worst relative error {report.worst_error:.3g} ({report.worst_tensor})"
+        if report.worst_error is not None
+        else "no tensor needed a probe"
+    )
+    out.print(f"  verified {report.verified_tensors} tensors: {worst}", markup=False)
+    out.print(f"  recipe {rec.recipe_digest}", markup=False)
+    if rec.name:
+        out.print(f"  registered as base {rec.name}", markup=False)
+
+
+@handle_errors
+def combine(
+    adapters: Annotated[list[str], typer.Argument(help="Adapters to combine: REF[@WEIGHT] or FOLDER[@WEIGHT].")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name to push the combined adapter under.")],
+    method: MethodOpt = "linear",
+    rank: Annotated[
+        int | None, typer.Option("--rank", "-r", help="Rank of the result (default: the sum of the input ranks).")
+    ] = None,
+    density: DensityOpt = None,
+    seed: SeedOpt = None,
+    majority_sign: MajorityOpt = None,
+    lambda_: LambdaOpt = None,
+    param: ParamOpt = [],  # noqa: B006
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (the inputs'), float32, bfloat16, float16.")] = "auto",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also keep the PEFT folder here.")] = None,
+    description: Annotated[str | None, typer.Option("--description", "-d")] = None,
+    tag: Annotated[list[str], typer.Option("--tag", "-t", help="Tag for the new version; repeatable.")] = [],  # noqa: B006
+    json: JsonOpt = False,
+) -> None:
+    """Combine adapters into a new adapter (a PEFT folder, pushed with its lineage).
+
+    cat is exact (rank = sum of the ranks); the other methods are re-factored to --rank by
+    truncated SVD, and the error of the cut is reported per module.
+
+    Examples:
+      lorahub combine a:1 b:2 --method cat --name acme/ab
+      lorahub combine a:1@0.6 b:2@0.4 --method svd --rank 16 --name acme/ab16
+      lorahub combine a:1 b:2 c:1 --method dare_ties --density 0.5 --rank 32 --seed 1 --name acme/abc
+    """
+    result = hub().combine(
+        adapters,
+        name,
+        method=method,
+        params=method_params(density, seed, majority_sign, lambda_, param),
+        rank=rank,
+        dtype=dtype,
+        output=output,
+        description=description,
+        tags=tag,
+        progress=RichProgress(not json),
+    )
+    if json:
+        print_json(result)
+        return
+    v = result.push.version
+    state = "new" if result.push.created else "unchanged: identical content is already this version"
+    out.print(f"{v.ref}  {v.digest}  ({state})", markup=False)
+    ranks = sorted(set(result.ranks.values()))
+    out.print(
+        f"  {result.method}: {len(result.ranks)} modules, rank {'/'.join(map(str, ranks))}; relative error of the "
+        f"rank cut: max {result.max_error:.3g}, mean {result.mean_error:.3g}",
+        markup=False,
+    )
+    worst = sorted(result.errors.items(), key=lambda kv: -kv[1])[:3]
+    if worst and worst[0][1] > 0:
+        out.print("  worst: " + ", ".join(f"{k} {e:.3g}" for k, e in worst), markup=False)
+
+
+@handle_errors
+def methods(json: JsonOpt = False) -> None:
+    """List the methods for merge and combine: formula, parameters, paper."""
+    from lora_hub.merge.methods import METHODS
+
+    if json:
+        print_json(
+            [
+                {
+                    "name": m.name,
+                    "summary": m.summary,
+                    "formula": m.formula,
+                    "reference": m.reference,
+                    "random": m.random,
+                    "outputs": list(m.outputs),
+                    "params": [
+                        {"name": p.name, "type": p.kind.__name__, "default": p.default, "help": p.help}
+                        for p in m.params
+                    ],
+                }
+                for m in METHODS.values()
+            ]
+        )
+        return
+    for m in METHODS.values():
+        out.print(f"{m.name}  ({', '.join(m.outputs)})  {m.summary}", markup=False)
+        out.print(f"    {m.formula}", markup=False)
+        for p in m.params:
+            choices = f" ({'|'.join(p.choices)})" if p.choices else ""
+            out.print(
+                f"    --{p.name.replace('_', '-')} {p.kind.__name__}{choices} = {p.default}: {p.help}", markup=False
+            )
+        if m.random:
+            out.print("    --seed int = 0: seed of the random draws", markup=False)
+        if m.reference:
+            out.print(f"    paper: {m.reference}", markup=False)

@@ -1,0 +1,371 @@
+"""PEFT adapter folders: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Tensor keys, as ``PeftModel.save_pretrained`` writes them (``<path>`` is the module's name in the
+base model, e.g. ``model.layers.0.self_attn.q_proj``)::
+
+    base_model.model.<path>.lora_A.weight          [r, in]      (Linear; Conv: [r, in, kh, kw])
+    base_model.model.<path>.lora_B.weight          [out, r]
+    base_model.model.<path>.lora_B.bias            [out]        (lora_bias=True)
+    base_model.model.<path>.lora_embedding_A       [r, vocab]   (Embedding targets)
+    base_model.model.<path>.lora_embedding_B       [dim, r]
+    base_model.model.<path>.lora_magnitude_vector  [out]        (DoRA)
+    base_model.model.<module>.<param>              full tensor  (modules_to_save, bias="all")
+
+The config and the tensors are read independently and checked against each other; every
+problem found is reported at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_hub.errors import InvalidAdapterError, PickleRefusedError
+from lora_hub.formats.safetensors_file import (
+    FLOAT_DTYPES,
+    PICKLE_HINT,
+    SafetensorsHeader,
+    TensorInfo,
+    nonfinite_tensors,
+    read_header,
+)
+from lora_hub.types import AdapterFacts, AdapterLayout, LoraModule, SavedTensor
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+KEY_PREFIX = "base_model.model."
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+
+TORCH_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+_LORA_KEY = re.compile(
+    r"^(?P<path>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B"
+    r"|lora_magnitude_vector(?:\.weight)?)$"
+)
+_NAMED_ADAPTER_KEY = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\.[A-Za-z_][\w-]*\.")
+
+
+@dataclass(frozen=True)
+class ParseProblem:
+    """A disagreement between an adapter's config and its tensors."""
+
+    message: str
+    code: str = "adapter"  # or "rank", "dora_magnitude" (compat.Problem codes)
+    module: str | None = None
+    expected: str | None = None
+    found: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class AdapterDir:
+    """A PEFT adapter folder, read and checked. ``files`` maps relative POSIX paths to real paths."""
+
+    root: Path
+    config: dict[str, Any]
+    header: SafetensorsHeader
+    facts: AdapterFacts
+    layout: AdapterLayout
+    files: dict[str, Path]
+    problems: tuple[ParseProblem, ...] = ()
+
+
+def pattern_key(patterns: dict[str, Any], module_path: str) -> str | None:
+    """The first key of ``rank_pattern``/``alpha_pattern`` that names ``module_path``.
+
+    PEFT's rule (``peft.utils.other.get_pattern_key``): key ``k`` matches when the module path
+    matches the regex ``(.*\\.)?(k)$``.
+    """
+    for key in patterns:
+        try:
+            if re.match(rf"(.*\.)?({key})$", module_path):
+                return key
+        except re.error as exc:
+            raise InvalidAdapterError(f"rank/alpha pattern {key!r} is not a valid regular expression: {exc}") from exc
+    return None
+
+
+def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
+    """``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA (Kalajdzievski 2023)."""
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+
+def _model_type(config: dict[str, Any]) -> str | None:
+    """PEFT records ``auto_mapping.parent_library``, e.g. ``transformers.models.llama.modeling_llama``."""
+    mapping = config.get("auto_mapping")
+    if isinstance(mapping, dict):
+        m = re.match(r"transformers\.models\.([a-z0-9_]+)\.", str(mapping.get("parent_library") or ""))
+        if m:
+            return m.group(1)
+    return None
+
+
+def list_files(root: Path) -> dict[str, Path]:
+    """Every regular file under ``root`` (symlinks followed, hidden entries skipped), by relative path.
+
+    Pickle files are refused here, before anything else is read.
+    """
+    files: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(filenames):
+            if fname.startswith("."):
+                continue
+            full = Path(dirpath) / fname
+            rel = full.relative_to(root).as_posix()
+            if full.suffix.lower() in PICKLE_SUFFIXES:
+                raise PickleRefusedError(
+                    f"{rel} is a pickle file; only safetensors are accepted", path=str(root), hint=PICKLE_HINT
+                )
+            if full.is_file():
+                files[rel] = full
+    return files
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidAdapterError("is not UTF-8 text", path=str(path)) from exc
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidAdapterError(
+            f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=str(path)
+        ) from exc
+    if not isinstance(config, dict):
+        raise InvalidAdapterError("must hold a JSON object", path=str(path))
+    peft_type = config.get("peft_type")
+    if peft_type is not None and str(peft_type).upper() != "LORA":
+        raise InvalidAdapterError(f"is a {peft_type} adapter; lora-hub stores LoRA adapters only", path=str(path))
+    problems = []
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in config]
+    if missing:
+        problems.append(ParseProblem(f"missing required field(s): {', '.join(missing)}"))
+    r = config.get("r")
+    if "r" in config and (not isinstance(r, int) or isinstance(r, bool) or r < 1):
+        problems.append(ParseProblem(f"'r' must be a positive integer, got {r!r}"))
+    alpha = config.get("lora_alpha")
+    if "lora_alpha" in config and (
+        not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha)
+    ):
+        problems.append(ParseProblem(f"'lora_alpha' must be a finite number, got {alpha!r}"))
+    for key, kind in (("rank_pattern", int), ("alpha_pattern", (int, float))):
+        pat = config.get(key) or {}
+        if not isinstance(pat, dict) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) and 0 < v < math.inf for v in pat.values()
+        ):
+            problems.append(ParseProblem(f"'{key}' must map module patterns to positive numbers"))
+    tm = config.get("target_modules")
+    if "target_modules" in config and not (
+        isinstance(tm, str) or (isinstance(tm, list) and all(isinstance(t, str) for t in tm))
+    ):
+        problems.append(ParseProblem("'target_modules' must be a list of module names or a regular expression"))
+    if problems:
+        raise InvalidAdapterError("; ".join(map(str, problems)), path=str(path))
+    return config
+
+
+def read_adapter_dir(path: str | os.PathLike[str], *, check_finite: bool = True, strict: bool = True) -> AdapterDir:
+    """Read a PEFT adapter folder and check it thoroughly, without torch and without unpickling.
+
+    Raises ``InvalidAdapterError`` (or a subclass) naming every problem found. With
+    ``strict=False``, disagreements between the config and the tensors (ranks, missing halves,
+    DoRA sizes) are returned in ``problems`` instead, and the modules concerned are left out of
+    the layout; an unreadable file still raises.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InvalidAdapterError("no such folder", path=str(root))
+    if not root.is_dir():
+        if root.name == WEIGHTS_NAME or root.suffix in PICKLE_SUFFIXES:
+            raise InvalidAdapterError("is a file; give the adapter's folder (with adapter_config.json)", path=str(root))
+        raise InvalidAdapterError("is not a folder", path=str(root))
+    files = list_files(root)
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if n not in files]
+    if missing:
+        found = ", ".join(sorted(files)[:10]) or "nothing"
+        raise InvalidAdapterError(
+            f"not a PEFT adapter folder: {' and '.join(missing)} missing (found: {found})",
+            path=str(root),
+            hint="save it with PeftModel.save_pretrained(dir)",
+        )
+    config = _load_config(files[CONFIG_NAME])
+    try:
+        header = read_header(files[WEIGHTS_NAME])
+    except InvalidAdapterError as exc:
+        if exc.path is None:
+            raise type(exc)(exc.message, path=str(files[WEIGHTS_NAME]), hint=exc.hint) from exc
+        raise
+    facts, layout, problems = _facts(config, header, sum(p.stat().st_size for p in files.values()))
+    if problems and strict:
+        raise InvalidAdapterError(
+            f"{len(problems)} problem(s): "
+            + "; ".join(map(str, problems[:20]))
+            + (" ..." if len(problems) > 20 else ""),
+            path=str(files[WEIGHTS_NAME]),
+        )
+    if check_finite:
+        bad = nonfinite_tensors(header)
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise InvalidAdapterError(
+                f"NaN or Inf values in {', '.join(bad[:3])}{more}",
+                path=str(files[WEIGHTS_NAME]),
+                hint="the training diverged or the file is damaged",
+            )
+    return AdapterDir(root, config, header, facts, layout, files, tuple(problems))
+
+
+def _facts(
+    config: dict[str, Any], header: SafetensorsHeader, size_bytes: int
+) -> tuple[AdapterFacts, AdapterLayout, list[ParseProblem]]:
+    parts: dict[str, dict[str, TensorInfo]] = {}
+    saved: dict[str, SavedTensor] = {}
+    problems: list[ParseProblem] = []
+    for t in header:
+        if not t.name.startswith(KEY_PREFIX):
+            problems.append(
+                ParseProblem(f"key {t.name!r} does not start with {KEY_PREFIX!r} (not a PEFT adapter file?)")
+            )
+            continue
+        if _NAMED_ADAPTER_KEY.search(t.name):
+            problems.append(
+                ParseProblem(f"key {t.name!r} carries an adapter name; save with PeftModel.save_pretrained")
+            )
+            continue
+        key = t.name[len(KEY_PREFIX) :]
+        m = _LORA_KEY.match(key)
+        if m:
+            part = m["part"].removesuffix(".weight") if m["part"].startswith("lora_magnitude") else m["part"]
+            parts.setdefault(m["path"], {})[part] = t
+        elif ".original_module." not in key:  # PEFT's copy of the untouched base module: not an update
+            # PEFT may save wrapped modules as <path>.modules_to_save.weight / <path>.base_layer.weight.
+            name = key.replace(".modules_to_save.", ".").replace(".base_layer.", ".")
+            if name not in saved or name != key:
+                saved[name] = SavedTensor(
+                    name=name,
+                    key=None if name == key else t.name,
+                    dtype=TORCH_DTYPE_NAMES.get(t.dtype, t.dtype),
+                    shape=list(t.shape),
+                )
+        if t.dtype not in FLOAT_DTYPES:
+            problems.append(
+                ParseProblem(f"{t.name} has dtype {t.dtype}; adapter weights must be F32, F16, BF16 or F64")
+            )
+
+    r_default = int(config["r"])
+    alpha_default = float(config["lora_alpha"])
+    rank_pattern = {k: int(v) for k, v in (config.get("rank_pattern") or {}).items()}
+    alpha_pattern = {k: float(v) for k, v in (config.get("alpha_pattern") or {}).items()}
+    use_rslora = bool(config.get("use_rslora", False))
+    use_dora = bool(config.get("use_dora", False))
+    modules: list[LoraModule] = []
+    for path in sorted(parts):
+        p = parts[path]
+        embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
+        a = p.get("lora_embedding_A" if embedding else "lora_A.weight")
+        b = p.get("lora_embedding_B" if embedding else "lora_B.weight")
+        a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
+        if a is None and b is None:
+            problems.append(ParseProblem(f"{path} has {', '.join(sorted(p))} but neither {a_name} nor {b_name}"))
+            continue
+        if a is None or b is None:
+            have, lack = (a_name, b_name) if b is None else (b_name, a_name)
+            problems.append(ParseProblem(f"{path} has {have} but no {lack}"))
+            continue
+        key = pattern_key(rank_pattern, path)
+        rank = rank_pattern[key] if key is not None else r_default
+        akey = pattern_key(alpha_pattern, path)
+        alpha = alpha_pattern[akey] if akey is not None else alpha_default
+        if len(a.shape) < 2 or len(b.shape) < 2:
+            problems.append(
+                ParseProblem(f"{path}: {a_name} {list(a.shape)} and {b_name} {list(b.shape)} must be at least 2-D")
+            )
+            continue
+        if a.shape[0] != rank or b.shape[1] != rank:
+            source = f"rank_pattern[{key!r}]" if key is not None else "r"
+            found = str(a.shape[0]) if a.shape[0] == b.shape[1] else f"{a.shape[0]} (A) / {b.shape[1]} (B)"
+            problems.append(
+                ParseProblem(
+                    f"{path}: the config says rank {rank} ({source}) but {a_name} is {list(a.shape)} and "
+                    f"{b_name} is {list(b.shape)}",
+                    code="rank",
+                    module=path,
+                    expected=str(rank),
+                    found=found,
+                )
+            )
+            continue
+        kind = "embedding" if embedding else ("conv" if len(a.shape) > 2 else "linear")
+        magnitude = p.get("lora_magnitude_vector")
+        out_features = b.shape[0]
+        if magnitude is not None:
+            if not use_dora:
+                problems.append(ParseProblem(f"{path} has a DoRA magnitude vector but the config has use_dora=false"))
+            elif magnitude.numel != out_features:
+                problems.append(
+                    ParseProblem(
+                        f"{path}: DoRA magnitude vector has {magnitude.numel} entries, "
+                        f"lora_B has {out_features} outputs",
+                        code="dora_magnitude",
+                        module=path,
+                        expected=str(out_features),
+                        found=str(magnitude.numel),
+                    )
+                )
+        elif use_dora and not embedding:
+            problems.append(ParseProblem(f"{path}: use_dora=true but there is no lora_magnitude_vector"))
+        bias = p.get("lora_B.bias")
+        if bias is not None and bias.shape != (out_features,):
+            problems.append(ParseProblem(f"{path}: lora_B.bias is {list(bias.shape)}, expected [{out_features}]"))
+        modules.append(
+            LoraModule(
+                path=path,
+                kind=kind,
+                rank=rank,
+                alpha=alpha,
+                scale=lora_scale(alpha, rank, use_rslora),
+                in_features=a.shape[1],
+                out_features=out_features,
+                a_shape=list(a.shape),
+                b_shape=list(b.shape),
+                dora=magnitude is not None,
+                bias=bias is not None,
+            )
+        )
+    if not modules and not problems:
+        problems.append(ParseProblem("no LoRA tensors (lora_A / lora_B) in the file"))
+
+    dtypes = {t.dtype for t in header}
+    dtype = TORCH_DTYPE_NAMES.get(next(iter(dtypes)), "other") if len(dtypes) == 1 else "mixed"
+    mts = config.get("modules_to_save") or []
+    facts = AdapterFacts(
+        peft_type="LORA",
+        rank=r_default,
+        alpha=alpha_default,
+        use_rslora=use_rslora,
+        use_dora=use_dora,
+        fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
+        lora_bias=any(m.bias for m in modules),
+        bias=str(config.get("bias") or "none"),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        target_modules=sorted({m.path.rsplit(".", 1)[-1] for m in modules}),
+        modules_to_save=list(mts) if isinstance(mts, list) else [str(mts)],
+        dtype=dtype,
+        num_params=sum(t.numel for t in header),
+        size_bytes=size_bytes,
+        task_type=config.get("task_type"),
+        base_model_name_or_path=config.get("base_model_name_or_path"),
+        revision=config.get("revision"),
+        model_type=_model_type(config),
+    )
+    return facts, AdapterLayout(modules=modules, saved_tensors=list(saved.values())), problems

@@ -1,0 +1,257 @@
+"""How several adapters' updates of one tensor become one: a registry of named methods.
+
+Each method is a pure function of the per-adapter updates ``delta_i = s_i * B_i @ A_i`` of one
+tensor (all the same shape), their weights ``w_i``, the method's parameters and, for the random
+ones, a ``torch.Generator``. Everything happens in delta space, so adapters of different ranks
+mix freely, and rsLoRA's ``s_i = alpha_i / sqrt(r_i)`` is already inside ``delta_i``.
+
+=================  =====================================================================
+``linear``         ``sum_i w_i delta_i``
+``task_arithmetic````lambda * sum_i w_i delta_i``                    (Ilharco et al. 2023)
+``magnitude_prune````sum_i w_i trim_d(delta_i)``
+``ties``           ``t_i = w_i trim_d(delta_i)``; ``g = sign(sum_i t_i)`` (``sum``) or
+                   ``sign(sum_i sign(t_i))`` (``count``); result
+                   ``sum_{i: sign t_i = g} t_i / sum_{i: sign t_i = g} w_i``   (Yadav et al. 2023)
+``dare_linear``    ``sum_i w_i (m_i * delta_i) / d``, ``m_i ~ Bernoulli(d)``  (Yu et al. 2023)
+``dare_ties``      ``ties`` without the trim, on the DARE-rescaled ``m_i * delta_i / d``
+``cat``            exact, as an adapter of rank ``sum_i r_i`` (``B' = [w_i s_i B_i]``, ``A' = [A_i]``)
+``svd``            ``sum_i w_i delta_i`` re-factored to rank ``k`` by truncated SVD
+=================  =====================================================================
+
+``trim_d`` keeps the fraction ``d`` (the density) of entries largest in magnitude and zeroes the
+rest. Where we differ from the reference tools, on purpose:
+
+- PEFT's ``add_weighted_adapter`` combines A and B separately for most types, so its
+  ``B'A' != sum c_i B_i A_i`` (peft #3004); we combine the products ``delta_i`` exactly. Its SVD
+  types apply the LoRA scale twice (peft #3111) and rsLoRA inputs come out scaled by ``sqrt(r')``
+  (peft #3761); our outputs carry ``alpha = r`` per module, so the scale is exactly 1. It draws
+  masks from the global RNG; we use a ``torch.Generator`` seeded per tensor from ``seed``.
+- PEFT's TIES divides the agreeing sum by the *count* of agreeing adapters; mergekit (and we)
+  divide by the sum of their *weights*, which equals the paper's mean when weights are equal and
+  keeps a weighted average a weighted average.
+- mergekit works on dense models only; we apply the same formulas to LoRA deltas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lora_hub.errors import InvalidArgumentError
+
+Deltas = Sequence[torch.Tensor]
+CombineFn = Callable[[Deltas, Sequence[float], Mapping[str, Any], torch.Generator | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None  # exclusive lower bound
+    high: float | None = None  # inclusive upper bound
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    formula: str
+    reference: str | None
+    params: tuple[Param, ...] = ()
+    random: bool = False
+    # Linear methods are ``sum_i c_i delta_i``: merged without forming any delta, and re-factored
+    # exactly (by the SVD of a product of factors) for adapter output.
+    coefficients: Callable[[Sequence[float], Mapping[str, Any]], list[float]] | None = None
+    combine: CombineFn | None = None
+    outputs: tuple[str, ...] = ("merge", "combine")
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults filled in, types and ranges checked; unknown parameters refused."""
+        known = {p.name: p for p in self.params}
+        extra = sorted(set(params) - set(known) - {"seed"})
+        if extra:
+            allowed = ", ".join(known) or "no parameters"
+            raise InvalidArgumentError(f"method {self.name} takes {allowed}; not {', '.join(extra)}")
+        out: dict[str, Any] = {}
+        for p in self.params:
+            value = params.get(p.name, p.default)
+            try:
+                value = p.kind(value)
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(
+                    f"{self.name}: {p.name} must be a {p.kind.__name__}, got {value!r}"
+                ) from None
+            if p.choices and value not in p.choices:
+                raise InvalidArgumentError(f"{self.name}: {p.name} must be one of {', '.join(p.choices)}")
+            if (p.low is not None and not value > p.low) or (p.high is not None and not value <= p.high):
+                raise InvalidArgumentError(f"{self.name}: {p.name} must be in ({p.low}, {p.high}], got {value}")
+            out[p.name] = value
+        if self.random:
+            seed = params.get("seed", 0)
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise InvalidArgumentError(f"{self.name}: seed must be a non-negative integer")
+            out["seed"] = seed
+        return out
+
+
+def generator_for(seed: int, tensor: str) -> torch.Generator:
+    """A CPU generator per (seed, tensor): the same draws on every run, device and tensor order."""
+    digest = hashlib.sha256(f"{seed}:{tensor}".encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``round(density * n)`` entries largest in magnitude (ties at the threshold kept)."""
+    n = delta.numel()
+    k = round(density * n)
+    if k >= n:
+        return delta
+    if k <= 0:
+        return torch.zeros_like(delta)
+    threshold = delta.abs().flatten().kthvalue(n - k + 1).values
+    return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
+
+
+def bernoulli_mask(shape: torch.Size, density: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Keep each entry with probability ``density``, drawn on the CPU so any device agrees."""
+    return (torch.rand(shape, generator=gen, dtype=torch.float32) < density).to(device)
+
+
+def _linear(
+    deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: torch.Generator | None
+) -> torch.Tensor:
+    scale = params.get("lambda", 1.0)
+    return sum((d * (w * scale) for d, w in zip(deltas, weights, strict=True)), torch.zeros_like(deltas[0]))
+
+
+def _disjoint_merge(weighted: torch.Tensor, weights: torch.Tensor, majority: str) -> torch.Tensor:
+    """TIES' sign election and disjoint mean over ``weighted`` (``[n, ...]``, already ``w_i t_i``)."""
+    votes = torch.sign(weighted) if majority == "count" else weighted
+    elected = torch.sign(votes.sum(0))
+    agree = (torch.sign(weighted) == elected) & (weighted != 0)
+    shape = (-1,) + (1,) * (weighted.dim() - 1)
+    num = (weighted * agree).sum(0)
+    den = (weights.reshape(shape) * agree).sum(0)
+    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def _magnitude_prune(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: Any) -> torch.Tensor:
+    return _linear([trim(d, params["density"]) for d in deltas], weights, {}, None)
+
+
+def _ties(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: Any) -> torch.Tensor:
+    w = torch.tensor(list(weights), dtype=deltas[0].dtype, device=deltas[0].device)
+    weighted = torch.stack([trim(d, params["density"]) * wi for d, wi in zip(deltas, weights, strict=True)])
+    return _disjoint_merge(weighted, w, params["majority_sign"])
+
+
+def _dare(deltas: Deltas, gen: torch.Generator | None, density: float) -> list[torch.Tensor]:
+    assert gen is not None
+    return [d * bernoulli_mask(d.shape, density, gen, d.device) / density for d in deltas]
+
+
+def _dare_linear(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], gen: Any) -> torch.Tensor:
+    return _linear(_dare(deltas, gen, params["density"]), weights, {}, None)
+
+
+def _dare_ties(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], gen: Any) -> torch.Tensor:
+    w = torch.tensor(list(weights), dtype=deltas[0].dtype, device=deltas[0].device)
+    dropped = _dare(deltas, gen, params["density"])
+    weighted = torch.stack([d * wi for d, wi in zip(dropped, weights, strict=True)])
+    return _disjoint_merge(weighted, w, params["majority_sign"])
+
+
+DENSITY = Param("density", float, 1.0, "fraction of each update kept", low=0.0, high=1.0)
+MAJORITY = Param("majority_sign", str, "sum", "sign election: by summed mass or by count", choices=("sum", "count"))
+LAMBDA = Param("lambda", float, 1.0, "scale of the summed update")
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "linear",
+            "weighted sum of the updates, exact",
+            "sum_i w_i delta_i",
+            None,
+            coefficients=lambda w, p: list(w),
+            combine=_linear,
+        ),
+        Method(
+            "task_arithmetic",
+            "weighted sum of the updates, scaled by lambda",
+            "lambda * sum_i w_i delta_i",
+            "Ilharco et al. 2023, Editing Models with Task Arithmetic, arXiv:2212.04089",
+            params=(LAMBDA,),
+            coefficients=lambda w, p: [x * p["lambda"] for x in w],
+            combine=_linear,
+        ),
+        Method(
+            "magnitude_prune",
+            "keep the largest entries of each update, then sum",
+            "sum_i w_i trim_d(delta_i)",
+            None,
+            params=(DENSITY,),
+            combine=_magnitude_prune,
+        ),
+        Method(
+            "ties",
+            "trim, elect a sign per entry, average the updates that agree",
+            "t_i = w_i trim_d(delta_i); g = sign(sum t_i); sum_{sign t_i = g} t_i / sum_{sign t_i = g} w_i",
+            "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",
+            params=(DENSITY, MAJORITY),
+            combine=_ties,
+        ),
+        Method(
+            "dare_linear",
+            "drop entries at random, rescale by 1/d, sum",
+            "sum_i w_i (m_i * delta_i) / d, m_i ~ Bernoulli(d)",
+            "Yu et al. 2023, Language Models are Super Mario (DARE), arXiv:2311.03099",
+            params=(DENSITY,),
+            random=True,
+            combine=_dare_linear,
+        ),
+        Method(
+            "dare_ties",
+            "DARE's random drop and rescale, then TIES' sign election and disjoint mean",
+            "ties without trim on (m_i * delta_i) / d",
+            "Yu et al. 2023 (DARE) with Yadav et al. 2023 (TIES)",
+            params=(DENSITY, MAJORITY),
+            random=True,
+            combine=_dare_ties,
+        ),
+        Method(
+            "cat",
+            "concatenate the adapters: exact, rank sum_i r_i",
+            "B' = [w_1 s_1 B_1, ...], A' = [A_1; ...], so B'A' = sum_i w_i delta_i",
+            None,
+            coefficients=lambda w, p: list(w),
+            combine=_linear,
+        ),
+        Method(
+            "svd",
+            "weighted sum re-factored to rank k by truncated SVD (error reported)",
+            "U_k S_k V_k^T of sum_i w_i delta_i; B' = U_k S_k^1/2, A' = S_k^1/2 V_k^T",
+            None,
+            coefficients=lambda w, p: list(w),
+            combine=_linear,
+            outputs=("combine",),
+        ),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InvalidArgumentError(
+            f"unknown method {name!r}", hint=f"choose one of {', '.join(METHODS)} (see `lorahub methods`)"
+        ) from None

@@ -1,0 +1,47 @@
+"""Where lora-hub keeps its things, read from the environment.
+
+| variable                | default                              | meaning                          |
+|-------------------------|--------------------------------------|----------------------------------|
+| ``LORAHUB_HOME``        | ``~/.lorahub``                       | home folder (catalog, blobs)     |
+| ``LORAHUB_DATABASE_URL``| ``sqlite:///$LORAHUB_HOME/catalog.db`` | SQLAlchemy URL of the catalog  |
+| ``LORAHUB_STORE_URL``   | ``file://$LORAHUB_HOME/blobs``       | where blobs live                 |
+| ``LORAHUB_URL``         | unset                                | a ``lorahub serve`` to talk to   |
+| ``LORAHUB_TOKEN``       | unset                                | bearer token for ``LORAHUB_URL`` |
+| ``LORAHUB_DEBUG``       | unset                                | ``1``: the CLI shows tracebacks  |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    store_url: str
+    server_url: str | None = None
+    token: str | None = None
+    debug: bool = False
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        home: str | os.PathLike[str] | None = None,
+        database_url: str | None = None,
+        store_url: str | None = None,
+    ) -> Settings:
+        """Explicit arguments win over the environment, which wins over the defaults."""
+        env = os.environ
+        home_path = Path(home or env.get("LORAHUB_HOME") or Path.home() / ".lorahub").expanduser().absolute()
+        return cls(
+            home=home_path,
+            database_url=database_url or env.get("LORAHUB_DATABASE_URL") or f"sqlite:///{home_path / 'catalog.db'}",
+            store_url=store_url or env.get("LORAHUB_STORE_URL") or f"file://{home_path / 'blobs'}",
+            server_url=env.get("LORAHUB_URL") or None,
+            token=env.get("LORAHUB_TOKEN") or None,
+            debug=env.get("LORAHUB_DEBUG", "") not in ("", "0", "false", "no"),
+        )

@@ -1,0 +1,23 @@
+"""Content-addressed blob stores. ``open_store(url)`` picks the backend from the URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from lora_hub.errors import StoreError
+from lora_hub.store.base import BlobStore
+from lora_hub.store.local import LocalStore
+
+__all__ = ["BlobStore", "LocalStore", "open_store"]
+
+
+def open_store(url: str) -> BlobStore:
+    """``file:///path`` or a plain path: a local folder. Other schemes are not built yet."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return LocalStore(Path(unquote(parsed.path if parsed.scheme else url)))
+    raise StoreError(
+        f"unsupported store URL scheme {parsed.scheme!r} in {url!r}",
+        hint="use file:///path (S3-compatible stores are planned, not built)",
+    )

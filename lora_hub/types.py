@@ -1,0 +1,288 @@
+"""Domain types: what the core API takes and returns. Plain pydantic models, serialisable as the
+stable ``--json`` output of the CLI. ORM rows never leave the catalog package; these do."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraModule(_Model):
+    """One LoRA target: ``W' = W + scale * B @ A`` on the base tensor ``<path>.weight``.
+
+    ``scale = alpha / rank``, or ``alpha / sqrt(rank)`` under rsLoRA. ``in_features`` and
+    ``out_features`` are the base layer's, read from the shapes of A ``[rank, in]`` and
+    B ``[out, rank]``.
+    """
+
+    path: str
+    kind: Literal["linear", "embedding", "conv"] = "linear"
+    rank: int
+    alpha: float
+    scale: float
+    in_features: int
+    out_features: int
+    a_shape: list[int]
+    b_shape: list[int]
+    dora: bool = False
+    bias: bool = False
+
+
+class SavedTensor(_Model):
+    """A full tensor that the adapter carries (``modules_to_save``, trained biases): it replaces
+    the base tensor ``name`` when merged."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    key: str | None = Field(default=None, description="its key in adapter_model.safetensors, if not the usual one")
+
+    @property
+    def file_key(self) -> str:
+        return self.key or f"base_model.model.{self.name}"
+
+
+class AdapterFacts(_Model):
+    """What an adapter's config and tensors say, checked against each other."""
+
+    peft_type: str = "LORA"
+    rank: int
+    alpha: float
+    use_rslora: bool = False
+    use_dora: bool = False
+    fan_in_fan_out: bool = False
+    lora_bias: bool = False
+    bias: str = "none"
+    rank_pattern: dict[str, int] = Field(default_factory=dict)
+    alpha_pattern: dict[str, float] = Field(default_factory=dict)
+    target_modules: list[str] = Field(description="short names of the targeted modules, e.g. q_proj")
+    modules_to_save: list[str] = Field(default_factory=list)
+    dtype: str
+    num_params: int
+    size_bytes: int
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    model_type: str | None = Field(default=None, description="model type the config names (PEFT's auto_mapping)")
+
+
+class AdapterLayout(_Model):
+    """Module by module: what the adapter changes in its base."""
+
+    modules: list[LoraModule]
+    saved_tensors: list[SavedTensor] = Field(default_factory=list)
+
+
+class FileEntry(_Model):
+    path: str
+    digest: str
+    size: int
+
+
+class AdapterVersion(_Model):
+    """One stored version of an adapter."""
+
+    namespace: str
+    name: str
+    version: int
+    ref: str
+    digest: str = Field(description="sha256 of the file manifest; identical content gives the same digest")
+    created_at: datetime
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    files: list[FileEntry] = Field(default_factory=list)
+    facts: AdapterFacts
+    layout: AdapterLayout | None = Field(default=None, description="omitted (null) in list results")
+    base: str | None = Field(default=None, description="registered base it was pushed against (push --base)")
+    base_fingerprint: str | None = Field(default=None, description="content fingerprint of that base")
+    lineage: dict[str, Any] | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+class PushResult(_Model):
+    version: AdapterVersion
+    created: bool = Field(description="false when identical content was already stored as this version")
+    bytes_written: int
+
+
+class PullResult(_Model):
+    version: AdapterVersion
+    path: str
+    bytes_written: int
+
+
+class GcReport(_Model):
+    blobs_removed: int
+    bytes_freed: int
+    temp_files_removed: int
+    dry_run: bool = False
+
+
+class ListQuery(_Model):
+    """Filters of ``Hub.list``. ``where`` is e.g. ``"accuracy>=0.8 and rank<=16"``; ``sort`` a
+    field or metric, ``-`` first for descending."""
+
+    namespace: str | None = None
+    name: str | None = None
+    base: str | None = None
+    rank: int | None = None
+    target: str | None = None
+    tag: str | None = None
+    where: str | None = None
+    sort: str | None = None
+    limit: int = 50
+    latest_only: bool = False
+
+
+# --- base models and compatibility ------------------------------------------------------------
+
+
+class BaseTensor(_Model):
+    dtype: str = Field(description="safetensors dtype, e.g. BF16")
+    shape: list[int]
+    digest: str = Field(description="sha256 of the tensor's bytes")
+    file: str = Field(description="the shard that holds it")
+
+
+class BaseFile(_Model):
+    path: str
+    size: int
+    digest: str | None = Field(default=None, description="set for files copied into the blob store")
+
+
+class BaseModelInfo(_Model):
+    """A base model: an HF model folder, fingerprinted.
+
+    ``content_fingerprint`` = sha256 over the lines ``name\\tdtype\\tshape\\tsha256(bytes)``,
+    one per tensor, sorted by name; ``structure_fingerprint`` is the same without the hashes.
+    """
+
+    name: str | None = Field(description="registered name; null for a folder that is not registered")
+    path: str | None = Field(description="the folder the weights were read from")
+    stored: bool = Field(description="whether the files are also in the blob store")
+    content_fingerprint: str
+    structure_fingerprint: str
+    model_type: str | None
+    architectures: list[str] = Field(default_factory=list)
+    dtype: str
+    num_params: int
+    num_tensors: int
+    size_bytes: int
+    files: list[BaseFile] = Field(default_factory=list)
+    created_at: datetime | None = None
+    lineage: dict[str, Any] | None = Field(default=None, description="for merged models: recipe and verification")
+    tensors: dict[str, BaseTensor] | None = Field(default=None, description="omitted (null) in list results")
+
+
+class BaseAddResult(_Model):
+    base: BaseModelInfo
+    created: bool
+    hashed_bytes: int = Field(description="bytes hashed now; 0 when every shard's hashes came from the cache")
+    stored_bytes: int = 0
+
+
+Verdict = Literal["exact", "compatible", "incompatible"]
+
+
+class Problem(_Model):
+    """One reason an adapter does not fit a base."""
+
+    code: Literal[
+        "architecture", "missing_module", "in_features", "out_features", "shape", "rank", "vocab_size",
+        "saved_tensor_shape", "dora_magnitude", "dtype", "adapter",
+    ]  # fmt: skip
+    module: str | None = None
+    expected: str | None = None
+    found: str | None = None
+    message: str
+
+
+class WeightDiff(_Model):
+    """How the base differs from the one the adapter was trained on, on the target tensors."""
+
+    tensors_compared: int
+    tensors_differing: int
+    max_relative_diff: float | None = Field(
+        default=None, description="max over target tensors of ||W_base - W_trained|| / ||W_trained|| (Frobenius)"
+    )
+    mean_relative_diff: float | None = None
+    worst_tensor: str | None = None
+
+
+class CompatReport(_Model):
+    verdict: Verdict
+    adapter: str
+    base: str
+    base_fingerprint: str
+    trained_on_fingerprint: str | None = Field(
+        description="content fingerprint of the base the adapter was trained on, where known"
+    )
+    problems: list[Problem] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    diff: WeightDiff | None = None
+    key_mapping: dict[str, str] = Field(
+        default_factory=dict, description='how adapter module paths map to base keys: {"strip": .., "add": ..}'
+    )
+
+
+# --- merging -------------------------------------------------------------------------------------
+
+
+class MergeReport(_Model):
+    """The verification of a merge: for every changed tensor, the relative error of a random
+    probe ``||W'x - (Wx + sum w s B(Ax))|| / || |W'| |x| ||`` and the tolerance it met."""
+
+    verified_tensors: int
+    worst_error: float | None
+    worst_tensor: str | None
+    errors: dict[str, float]
+    tolerances: dict[str, float]
+    passed: bool
+
+
+class MergeRecord(_Model):
+    """What the catalog keeps of a merge: the recipe, where the output went, what it holds."""
+
+    recipe_digest: str
+    recipe: dict[str, Any]
+    output_path: str
+    content_fingerprint: str
+    name: str | None = None
+    report: MergeReport
+    versions: dict[str, str]
+    created_at: datetime | None = None
+
+
+class MergeResult(_Model):
+    path: str
+    record: MergeRecord
+    reused: bool = Field(description="true when the same recipe was served from the catalog, not recomputed")
+    tensors_merged: int = 0
+    tensors_copied: int = Field(default=0, description="copied byte for byte (kernel-side)")
+    tensors_converted: int = Field(default=0, description="unchanged but re-encoded to another dtype")
+    bytes_written: int = 0
+    seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    device: str = "cpu"
+
+
+class CombineResult(_Model):
+    """A combined adapter, pushed: its version, and how close each module is to the exact
+    combination (relative Frobenius error of the rank cut; 0 for ``cat``)."""
+
+    push: PushResult
+    method: str
+    ranks: dict[str, int]
+    errors: dict[str, float]
+    max_error: float
+    mean_error: float
