@@ -1,0 +1,86 @@
+"""Builders shared by the tests: small PEFT-format adapter folders written with numpy (no torch,
+so that subprocess tests start fast), and a few file-level utilities."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+PREFIX = "base_model.model."
+LLAMA_MODULES = {  # module path -> (in_features, out_features), as in the tiny Llama fixtures
+    "model.layers.0.self_attn.q_proj": (32, 32),
+    "model.layers.0.self_attn.v_proj": (32, 16),
+    "model.layers.1.self_attn.q_proj": (32, 32),
+    "model.layers.1.self_attn.v_proj": (32, 16),
+}
+
+
+def adapter_tensors(
+    modules: dict[str, tuple[int, int]] | None = None,
+    *,
+    rank: int = 4,
+    seed: int = 0,
+    dtype: Any = np.float32,
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for path, (fin, fout) in (modules or LLAMA_MODULES).items():
+        tensors[f"{PREFIX}{path}.lora_A.weight"] = rng.standard_normal((rank, fin)).astype(dtype)
+        tensors[f"{PREFIX}{path}.lora_B.weight"] = rng.standard_normal((fout, rank)).astype(dtype)
+    return tensors
+
+
+def adapter_config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj"],
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": "tiny-llama",
+        "revision": None,
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "bias": "none",
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    config.update(overrides)
+    return config
+
+
+def write_adapter(
+    folder: Path,
+    *,
+    tensors: dict[str, np.ndarray] | None = None,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    rank: int = 4,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """A PEFT adapter folder: adapter_config.json + adapter_model.safetensors (+ extra files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = tensors if tensors is not None else adapter_tensors(rank=rank, seed=seed)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(config or adapter_config(r=rank), indent=2))
+    for name, data in (extra_files or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def raw_safetensors(header: dict[str, Any] | bytes, data: bytes = b"", *, length: int | None = None) -> bytes:
+    """Bytes of a safetensors file built by hand, so that tests can break any part of it."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(head) if length is None else length) + head + data
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
