@@ -23,6 +23,7 @@ from lora_hub.catalog import Catalog
 from lora_hub.catalog.query import check_metric_name
 from lora_hub.errors import (
     BaseNotFoundError,
+    ConflictError,
     DestinationExistsError,
     IncompatibleError,
     IntegrityError,
@@ -60,6 +61,7 @@ from lora_hub.types import (
 if TYPE_CHECKING:
     from lora_hub.merge.plan import AdapterInput, MergePlan
 
+MERGE_RECORD_FILE = "lorahub_merge.json"
 PARTIAL_MARK = ".lorahub-partial-"
 
 
@@ -526,7 +528,8 @@ class Hub:
         out = Path(output).absolute()
         if name is not None:
             name = str(AdapterName.parse(name))
-        _check_destination(out, force)
+        if not (out / MERGE_RECORD_FILE).is_file():  # a recorded output may be served again as it is
+            _check_destination(out, force)
         torch_device = ex.pick_device(device)
         base_info, base_label, model = self._open_base(base, progress)
         if model is None:
@@ -545,8 +548,16 @@ class Hub:
             dtype=dtype,
             shard_size=parse_size(shard_size),
         )
+        if name is not None and self.catalog.find_base(name):
+            lineage = self.catalog.get_base(name, with_tensors=False).lineage or {}
+            if lineage.get("recipe_digest") != plan.recipe_digest:
+                raise ConflictError(
+                    f"base {name} is already registered with other content",
+                    hint=f"choose another --name, or `lorahub base rm {name}` first",
+                )
         if not force and (reused := self._reuse_merge(plan.recipe_digest, out, name, progress)) is not None:
             return reused
+        _check_destination(out, force)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(out)
@@ -580,14 +591,16 @@ class Hub:
                 report=report,
                 versions=_library_versions(),
             )
-            (tmp / "lorahub_merge.json").write_text(record.model_dump_json(indent=2) + "\n")
+            (tmp / MERGE_RECORD_FILE).write_text(record.model_dump_json(indent=2) + "\n")
             _swap_into_place(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        record = self.catalog.record_merge(record)
+        # The record names the base only once the base is registered under that name.
+        record = self.catalog.record_merge(record.model_copy(update={"name": None}))
         if name is not None:
             self._register_merged(out, name, stats.digests, record)
+            record = self.catalog.record_merge(record.model_copy(update={"name": name}))
         return MergeResult(
             path=str(out),
             record=record,
@@ -744,8 +757,9 @@ class Hub:
         if compat.describe_model(model, digests).content_fingerprint != record.content_fingerprint:
             return None
         if source.resolve() != out.resolve():
+            _check_destination(out, force=False)
             _copy_tree_atomically(source, out, progress)
-        if name is not None and name != record.name:
+        if name is not None and (name != record.name or not self.catalog.find_base(name)):
             self._register_merged(out, name, digests, record)
             record = self.catalog.record_merge(record.model_copy(update={"name": name}))
         return MergeResult(path=str(out), record=record, reused=True, peak_rss_bytes=_peak_rss())
@@ -833,9 +847,10 @@ def _set_config_dtype(folder: Path, dtype: str) -> None:
     if dtype == "auto" or not config.is_file():
         return
     doc = json.loads(config.read_text())
-    for key in ("torch_dtype", "dtype"):
-        if key in doc:
-            doc[key] = dtype
+    # transformers 5 writes ``dtype``, older releases ``torch_dtype``; every release reads the latter.
+    keys = [k for k in ("torch_dtype", "dtype") if k in doc] or ["torch_dtype"]
+    for key in keys:
+        doc[key] = dtype
     config.write_text(json.dumps(doc, indent=2) + "\n")
 
 

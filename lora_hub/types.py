@@ -42,6 +42,11 @@ class SavedTensor(_Model):
     dtype: str
     shape: list[int]
     key: str | None = Field(default=None, description="its key in adapter_model.safetensors, if not the usual one")
+    base_layer: bool = Field(
+        default=False,
+        description="PEFT's copy of the base weight under a LoRA layer (``<path>.base_layer.weight``, saved with "
+        "embedding layers): the LoRA update applies on top of it",
+    )
 
     @property
     def file_key(self) -> str:

@@ -255,6 +255,7 @@ def _facts(
                     key=None if name == key else t.name,
                     dtype=TORCH_DTYPE_NAMES.get(t.dtype, t.dtype),
                     shape=list(t.shape),
+                    base_layer=".base_layer." in key,
                 )
         if t.dtype not in FLOAT_DTYPES:
             problems.append(

@@ -92,6 +92,8 @@ def combine_adapters(
 ) -> Combined:
     """The combined adapter's tensors and config, and the relative error of each module."""
     device = device or torch.device("cpu")
+    if dtype != "auto" and dtype not in TORCH:
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}", hint=f"choose one of auto, {', '.join(TORCH)}")
     if "combine" not in method.outputs:
         raise InvalidArgumentError(f"method {method.name} cannot produce an adapter")
     if method.name == "cat" and rank is not None:
@@ -103,7 +105,9 @@ def combine_adapters(
     dora = [a.label for a in inputs if a.facts.use_dora]
     if dora:
         raise MergeError(f"DoRA adapters cannot be combined into a LoRA: {', '.join(dora)}")
-    saved = [a for a in inputs if a.layout.saved_tensors]
+    # PEFT's copies of the base weight under a LoRA layer (saved with embedding layers) are not
+    # updates: they are carried over when every input that has one agrees on its bytes.
+    saved = [a for a in inputs if any(not st.base_layer for st in a.layout.saved_tensors)]
     if len(saved) > 1:
         raise MergeError(
             f"{', '.join(a.label for a in saved)} each save full tensors (modules_to_save); combine at most one such"
@@ -171,7 +175,18 @@ def combine_adapters(
     if saved:
         i = inputs.index(saved[0])
         for st in saved[0].layout.saved_tensors:
-            tensors[KEY_PREFIX + st.name] = handles[i].get_tensor(st.file_key)
+            if not st.base_layer:
+                tensors[KEY_PREFIX + st.name] = handles[i].get_tensor(st.file_key)
+    for i, a in enumerate(inputs):
+        for st in a.layout.saved_tensors:
+            if st.base_layer:
+                copy = handles[i].get_tensor(st.file_key)
+                if st.file_key in tensors and not torch.equal(tensors[st.file_key], copy):
+                    raise MergeError(
+                        f"the adapters carry different copies of the base weight {st.name}; "
+                        "they were not trained on the same base"
+                    )
+                tensors[st.file_key] = copy
     r = max(ranks.values())
     pattern = {p: k for p, k in ranks.items() if k != r}
     first = inputs[0].facts

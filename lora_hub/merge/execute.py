@@ -49,6 +49,11 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 UNIT_ROUNDOFF = {"F64": 2.0**-53, "F32": 2.0**-24, "F16": 2.0**-11, "BF16": 2.0**-8}
 BLOCK_BYTES_CPU = 1 << 20
 BLOCK_BYTES_CUDA = 64 << 20
+# The update ``L @ R`` is computed over whole tiles of rows at fixed offsets. A matrix product of a
+# few rows takes other kernel paths than one of many, with other rounding (measured with MKL: 1-7
+# rows differ, any multiple of 16 agrees), so tiling makes the output bytes independent of the
+# block size. W + delta is then one elementwise float32 add.
+ROW_TILE = 16
 
 
 def pick_device(device: str) -> torch.device:
@@ -362,7 +367,15 @@ def _merge_tensor(
     out_dtype = TORCH_DTYPES[t.dtype_out]
     replace = [op for op in t.ops if isinstance(op, ReplaceOp)]
     if replace:
-        _emit(writer, files.get(replace[0].adapter, replace[0].tensor, out_dtype), device)
+        on_top = [op for op in t.ops if isinstance(op, FactorOp)]
+        if not on_top:
+            _emit(writer, files.get(replace[0].adapter, replace[0].tensor, out_dtype), device)
+            return
+        start = files.get(replace[0].adapter, replace[0].tensor, torch.float32).reshape(t.shape)
+        if method.coefficients is None:
+            _emit(writer, _merge_dense(t, start, on_top, files, method, params, recipe_digest, stats), device)
+        else:
+            _emit(writer, _merge_whole(t, start, on_top, files, recipe_digest, stats), device)
         return
     assert t.source is not None
     info = model.tensors[t.name][1]
@@ -390,13 +403,25 @@ def _merge_tensor(
                 result = result + bias * (op.weight * op.scale)
             if factors:
                 raise MergeError(f"{t.name}: LoRA factors on a tensor that is not 2-D")
-        _emit(writer, result.to(out_dtype), device)
+        out = result.to(out_dtype)
+        if biases:
+            # b' = b + sum_i w_i s_i bias_i, checked in float64 after the one rounding.
+            ref = whole.to(device, torch.float64)
+            for op in biases:
+                ref = ref + files.get(op.adapter, f"base_model.model.{op.module}.lora_B.bias", torch.float64) * (
+                    op.weight * op.scale
+                )
+            norm = max(float(torch.linalg.vector_norm(ref)), 1e-300)
+            _check(t, float(torch.linalg.vector_norm(out.double() - ref)) / norm, UNIT_ROUNDOFF[t.dtype_out], stats)
+        _emit(writer, out, device)
         return
 
     rows, cols = t.shape
     row_bytes = cols * DTYPE_SIZES[t.dtype_in]
     out_item = DTYPE_SIZES[t.dtype_out]
     block_rows = max(1, block_bytes // max(1, cols * max(4, out_item)))
+    if block_rows >= ROW_TILE:
+        block_rows -= block_rows % ROW_TILE  # blocks of whole tiles: no tile is computed twice
     oversized = block_rows * cols * out_item > block_bytes  # one row does not fit a buffer
     read_buf = bytearray(min(rows, block_rows) * row_bytes)
     # Reused across blocks: a fresh allocation per block would page-fault every time.
@@ -406,6 +431,10 @@ def _merge_tensor(
     check_buf = torch.empty(min(rows, block_rows) * cols, dtype=torch.float32, device=device) if factors else None
     if factors:
         left, right = _factors(files, factors)
+        # Zero rows up to a whole tile, so that every product has a multiple of ROW_TILE rows.
+        left = torch.cat([left, left.new_zeros((-rows) % ROW_TILE, left.shape[1])])
+        tiles = -(-min(rows, block_rows) // ROW_TILE) + 1
+        delta = torch.empty(tiles * ROW_TILE, cols, dtype=torch.float32, device=device)
         x64 = _probe(t.name, recipe_digest, cols, device)
         x = x64.to(torch.float32)
         x_abs = x.abs()
@@ -420,7 +449,9 @@ def _merge_tensor(
         wb.copy_(raw.view(r1 - r0, cols), non_blocking=True)
         if factors:
             y_base[r0:r1] = wb @ x
-            wb.addmm_(left[r0:r1], right)
+            t0, t1 = r0 - r0 % ROW_TILE, r1 + (-r1) % ROW_TILE
+            d = torch.mm(left[t0:t1], right, out=delta[: t1 - t0])
+            wb.add_(d[r0 - t0 : r1 - t0])
         if oversized:
             out = wb.to(out_dtype)
             _emit(writer, out, device)
@@ -451,6 +482,24 @@ def _merge_tensor(
         _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + cols * 2.0**-23, stats)
 
 
+def _merge_whole(
+    t: TensorPlan, w: torch.Tensor, ops: list[FactorOp], files: _AdapterFiles, recipe_digest: str, stats: MergeStats
+) -> torch.Tensor:
+    """``W + L @ R`` for a weight held whole in float32 (a saved base layer), verified like the
+    streamed ones."""
+    left, right = _factors(files, ops)
+    pad = (-w.shape[0]) % ROW_TILE
+    delta = torch.cat([left, left.new_zeros(pad, left.shape[1])]) @ right
+    out = (w + delta[: w.shape[0]]).to(TORCH_DTYPES[t.dtype_out])
+    x = _probe(t.name, recipe_digest, w.shape[1], w.device)
+    got = out.double()
+    ref = w.double() @ x + _reference(files, ops, x)
+    bound = float(torch.linalg.vector_norm(got.abs() @ x.abs()))
+    err = float(torch.linalg.vector_norm(got @ x - ref)) / max(bound, 1e-300)
+    _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + w.shape[1] * 2.0**-23, stats)
+    return out
+
+
 def _merge_dense(
     t: TensorPlan,
     w: torch.Tensor,
@@ -466,7 +515,8 @@ def _merge_dense(
     for op in ops:
         a, b = files.lora(op)
         deltas.append(((a.t() @ b.t()) if op.transposed else (b @ a)) * op.scale)
-    gen = generator_for(params["seed"], t.name) if method.random else None
+    # Seeded by the adapter's module path, as ``combine`` does, so both draw the same masks.
+    gen = generator_for(params["seed"], ops[0].module) if method.random else None
     combined = method.combine(deltas, [op.weight for op in ops], params, gen)  # type: ignore[misc]
     out = (w + combined).to(TORCH_DTYPES[t.dtype_out])
     x = _probe(t.name, recipe_digest, w.shape[1], w.device)

@@ -25,7 +25,8 @@ rest. Where we differ from the reference tools, on purpose:
   ``B'A' != sum c_i B_i A_i`` (peft #3004); we combine the products ``delta_i`` exactly. Its SVD
   types apply the LoRA scale twice (peft #3111) and rsLoRA inputs come out scaled by ``sqrt(r')``
   (peft #3761); our outputs carry ``alpha = r`` per module, so the scale is exactly 1. It draws
-  masks from the global RNG; we use a ``torch.Generator`` seeded per tensor from ``seed``.
+  masks from the global RNG; we use a ``torch.Generator`` seeded from ``(seed, module path)``,
+  the same in ``merge`` and ``combine``.
 - PEFT's TIES divides the agreeing sum by the *count* of agreeing adapters; mergekit (and we)
   divide by the sum of their *weights*, which equals the paper's mean when weights are equal and
   keeps a weighted average a weighted average.
@@ -35,6 +36,7 @@ rest. Where we differ from the reference tools, on purpose:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,18 +95,22 @@ class Method:
                 raise InvalidArgumentError(f"{self.name}: {p.name} must be one of {', '.join(p.choices)}")
             if (p.low is not None and not value > p.low) or (p.high is not None and not value <= p.high):
                 raise InvalidArgumentError(f"{self.name}: {p.name} must be in ({p.low}, {p.high}], got {value}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidArgumentError(f"{self.name}: {p.name} must be a finite number, got {value}")
             out[p.name] = value
         if self.random:
             seed = params.get("seed", 0)
+            if isinstance(seed, str) and seed.strip().isdigit():
+                seed = int(seed)  # ``--param seed=7`` arrives as text
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
                 raise InvalidArgumentError(f"{self.name}: seed must be a non-negative integer")
             out["seed"] = seed
         return out
 
 
-def generator_for(seed: int, tensor: str) -> torch.Generator:
-    """A CPU generator per (seed, tensor): the same draws on every run, device and tensor order."""
-    digest = hashlib.sha256(f"{seed}:{tensor}".encode()).digest()
+def generator_for(seed: int, key: str) -> torch.Generator:
+    """A CPU generator per (seed, key): the same draws on every run, device and tensor order."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 

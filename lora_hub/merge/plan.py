@@ -102,9 +102,13 @@ class BiasOp(_Frozen):
 
 
 class ReplaceOp(_Frozen):
+    """The adapter's saved tensor replaces the base tensor; with ``base_layer`` (PEFT's copy of the
+    weight under a LoRA layer) the same adapter's LoRA update then applies on top of it."""
+
     kind: Literal["replace"] = "replace"
     adapter: int
     tensor: str  # key in the adapter's safetensors file
+    base_layer: bool = False
 
 
 Op = Annotated[FactorOp | DoraOp | BiasOp | ReplaceOp, Field(discriminator="kind")]
@@ -207,9 +211,10 @@ def plan_merge(
                     ops[bias_key].append(BiasOp(adapter=i, module=m.path, weight=coefficients[i], scale=m.scale))
         for s in a.layout.saved_tensors:
             key = km.resolve(s.name, names)
-            op = ReplaceOp(adapter=i, tensor=s.file_key)
+            op = ReplaceOp(adapter=i, tensor=s.file_key, base_layer=s.base_layer)
             if key is None:
-                name = km.candidates(s.name)[1]  # the adapter's own name, without the task-model prefix
+                # the adapter's own name, without the task model's prefix (e.g. ``classifier.weight``)
+                name = s.name[len(km.strip) :] if km.strip and s.name.startswith(km.strip) else s.name
                 if name in new_tensors:
                     problems.append(f"{s.name} is saved by two adapters; merge them one at a time")
                 new_tensors[name] = (i, op.tensor, s.dtype, s.shape)
@@ -217,8 +222,11 @@ def plan_merge(
                 ops[key].append(op)
     for key, key_ops in ops.items():
         kinds = [o.kind for o in key_ops]
-        if "replace" in kinds and len(kinds) > 1:
+        replaced = [o for o in key_ops if isinstance(o, ReplaceOp)]
+        if len(replaced) > 1 or (replaced and len(kinds) > 1 and not replaced[0].base_layer):
             problems.append(f"{key} is replaced by a saved tensor and changed by another adapter")
+        elif replaced and any(o.kind != "factor" for o in key_ops if o is not replaced[0]):
+            problems.append(f"{key}: only plain LoRA updates can apply on top of a saved base layer")
         if "dora" in kinds and len(kinds) > 1:
             problems.append(f"{key}: a DoRA module can only be merged on its own, not summed with other adapters")
         if "dora" in kinds and spec.coefficients is None:

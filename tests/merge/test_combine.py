@@ -645,3 +645,41 @@ def test_single_adapter_combine_is_the_adapter(lhub: Hub, models: Models, tmp_pa
     for p, d in adapter_deltas(models.b).items():
         assert rel(got[p], 2 * d) < 1e-6
     np.testing.assert_array_less(np.array(list(result.errors.values())), 1e-6)
+
+
+def test_dare_combine_at_full_rank_then_merged_equals_the_dare_merge(lhub: Hub, models: Models, tmp_path: Path) -> None:
+    """``merge`` and ``combine`` draw DARE's masks from the same generator (seed, module path): a
+    full-rank ``combine`` merged afterwards is the direct ``merge`` with the same seed."""
+    inputs = [f"{models.a}@0.5", f"{models.b}@0.5"]
+    params = {"density": 0.5, "seed": 5}
+    lhub.combine(inputs, fresh_name(), method="dare_linear", params=params, rank=64, dtype="float64",
+                 output=tmp_path / "c")  # fmt: skip
+    lhub.merge(models.base, [str(tmp_path / "c")], tmp_path / "via-combine")
+    lhub.merge(models.base, inputs, tmp_path / "direct", method="dare_linear", params=params)
+    direct, via = read_model(tmp_path / "direct"), read_model(tmp_path / "via-combine")
+    for name in direct:
+        torch.testing.assert_close(via[name], direct[name], rtol=0, atol=1e-6)
+
+
+def test_embedding_adapters_saved_with_peft_defaults_combine(lhub: Hub, models: Models, tmp_path: Path) -> None:
+    """PEFT's default save of an embedding adapter also writes the embedding itself
+    (``...embed_tokens.base_layer.weight``). Two such adapters of one base carry the same copy:
+    that is not two ``modules_to_save``, and the copy is carried over so PEFT loads the result."""
+    root = tmp_path / "in"
+    emb, both = ["embed_tokens"], ["embed_tokens", "q_proj"]
+    e1 = save_peft_adapter(
+        models.base, root / "e1", seed=8, r=4, lora_alpha=8, target_modules=emb, save_embedding_layers=True
+    )
+    e2 = save_peft_adapter(
+        models.base, root / "e2", seed=9, r=2, lora_alpha=2, target_modules=both, save_embedding_layers=True
+    )
+    copy_key = f"{PREFIX}model.embed_tokens.base_layer.weight"
+    assert copy_key in read_tensors(e1 / "adapter_model.safetensors")
+    out = tmp_path / "out"
+    lhub.combine([f"{e1}@0.6", f"{e2}@0.4"], fresh_name(), method="cat", output=out)
+    assert copy_key in read_tensors(out / "adapter_model.safetensors")
+    updates = expected_sum([(e1, 0.6), (e2, 0.4)])
+    assert_model_is(peft_merged(models.base, out), models.base, updates, atol=1e-5)
+    # and merged by us, like PEFT
+    lhub.merge(models.base, [str(out)], tmp_path / "merged")
+    assert_model_is(read_model(tmp_path / "merged"), models.base, updates, atol=1e-5)

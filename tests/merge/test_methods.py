@@ -7,7 +7,8 @@ their formulas, written here from the papers and never by calling the code under
 - DARE (Yu et al. 2023, arXiv:2311.03099): drop each entry with probability ``1 - d``, rescale the
   kept ones by ``1 / d``. The masks are reproduced from their definition: ``torch.rand(shape,
   float32) < d``, one per adapter in adapter order, from a CPU generator seeded with the first 8
-  bytes (little-endian, 63 bits) of ``sha256(f"{seed}:{tensor}")``.
+  bytes (little-endian, 63 bits) of ``sha256(f"{seed}:{module}")``, ``module`` being the adapter's
+  module path (the same in ``merge`` and ``combine``).
 
 Each method is checked as a pure function on random float64 tensors, and end to end through
 ``Hub.merge`` into a tiny Llama: ``W' == W + formula(delta_1..delta_n)`` with adapters of ranks 4
@@ -447,10 +448,10 @@ def expected_merge(
     adapters: Sequence[tuple[Path, float]],
     method: str,
     params: dict[str, Any],
-    seed_name: Any = lambda module: module + ".weight",
+    seed_name: Any = lambda module: module,
 ) -> dict[str, np.ndarray]:
     """``W + formula(deltas)`` in float64 for every tensor of ``base``; DARE's masks drawn from the
-    generator of the tensor's name, for the adapters that target it, in adapter order."""
+    generator of the module path, for the adapters that target it, in adapter order."""
     weights = read_model(base)
     deltas = [adapter_deltas(folder) for folder, _ in adapters]
     out = {}
