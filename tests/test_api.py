@@ -216,7 +216,11 @@ def test_pull_of_corrupted_blob_fails_and_leaves_nothing(hub: Hub, tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir() if "lorahub" in p.name] == []
 
 
-def test_list_filters_where_sort(hub: Hub, tmp_path: Path) -> None:
+@pytest.mark.parametrize("broad_rows", [2000, 1], ids=["selective-conditions", "broad-conditions"])
+def test_list_filters_where_sort(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broad_rows: int) -> None:
+    """The same answers whichever way a condition is planned: a join that drives the query, or a
+    per-row check (what SQLite gets for conditions that match many rows; see ``_apply_condition``)."""
+    monkeypatch.setattr("lora_hub.catalog.repo._BROAD_ROWS", broad_rows)
     specs = [
         ("acme/a", 4, {"accuracy": 0.9, "bleu": 10.0}, ["q_proj", "v_proj"]),
         ("acme/b", 8, {"accuracy": 0.7}, ["q_proj"]),
@@ -248,6 +252,12 @@ def test_list_filters_where_sort(hub: Hub, tmp_path: Path) -> None:
     assert refs(limit=2) == ["other/d:1", "acme/c:1"]
     assert refs(where="accuracy>=0.8 and bleu>=20") == ["acme/c:1"]
     assert refs(where="accuracy>=0.8", sort="-bleu") == ["acme/c:1", "acme/a:1"]
+    assert refs(sort="-bleu", limit=3) == ["acme/c:1", "acme/a:1", "other/d:1"]  # then those without, newest first
+    assert refs(sort="-bleu", limit=1) == ["acme/c:1"]
+    assert refs(where="accuracy>=0.8 and rank<=8", sort="-bleu") == ["acme/a:1"]
+    assert refs(where="bleu>=5", sort="accuracy") == ["acme/c:1", "acme/a:1"]
+    assert refs(where="bleu>=5") == ["acme/c:1", "acme/a:1"]
+    assert refs(sort="-size", limit=1) == [max(hub.list(ListQuery()), key=lambda v: v.facts.size_bytes).ref]
     listed = hub.list(ListQuery())
     assert all(v.layout is None for v in listed)
 

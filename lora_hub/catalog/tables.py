@@ -80,6 +80,9 @@ class VersionRow(Base):
         Index("ix_versions_base_model", "base_model_name"),
         Index("ix_versions_signature", "signature"),
         Index("ix_versions_base_name", "base_name"),
+        Index("ix_versions_alpha", "alpha"),
+        Index("ix_versions_num_params", "num_params"),
+        Index("ix_versions_size_bytes", "size_bytes"),
     )
 
 
@@ -107,7 +110,7 @@ class MetricRow(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(NAME, primary_key=True)
     value: Mapped[float] = mapped_column(Float, nullable=False)
-    __table_args__ = (Index("ix_metrics_key_value", "key", "value"),)
+    __table_args__ = (Index("ix_metrics_key_value_version", "key", "value", "version_id"),)
 
 
 class TargetRow(Base):
