@@ -49,10 +49,10 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 UNIT_ROUNDOFF = {"F64": 2.0**-53, "F32": 2.0**-24, "F16": 2.0**-11, "BF16": 2.0**-8}
 BLOCK_BYTES_CPU = 1 << 20
 BLOCK_BYTES_CUDA = 64 << 20
-# The update ``L @ R`` is computed over whole tiles of rows at fixed offsets. A matrix product of a
-# few rows takes other kernel paths than one of many, with other rounding (measured with MKL: 1-7
-# rows differ, any multiple of 16 agrees), so tiling makes the output bytes independent of the
-# block size. W + delta is then one elementwise float32 add.
+# ``W += L @ R`` (one addmm) is computed over whole tiles of rows at fixed offsets. A matrix
+# product of a few rows takes other kernel paths than one of many, with other rounding (measured
+# with MKL: 1-7 rows differ, any multiple of 16 agrees), so tiling makes the output bytes
+# independent of the block size.
 ROW_TILE = 16
 
 
@@ -269,6 +269,7 @@ def _execute(
     by_name = {t.name: t for t in plan.tensors}
     stats = MergeStats()
     writer = _Writer(block_bytes, buffers=4, pin=cuda)
+    scratch = _Scratch()
     fds: dict[str, int] = {}
     metadata = {"format": "pt", "lorahub_recipe": plan.recipe_digest}
     try:
@@ -291,7 +292,18 @@ def _execute(
                 else:
                     writer.put("begin")
                     _merge_tensor(
-                        t, model, fds, files, writer, device, block_bytes, plan.recipe_digest, stats, method, params
+                        t,
+                        model,
+                        fds,
+                        files,
+                        writer,
+                        device,
+                        block_bytes,
+                        plan.recipe_digest,
+                        stats,
+                        method,
+                        params,
+                        scratch,
                     )
                     writer.put("end", name)
                     stats.tensors_merged += bool(t.ops)
@@ -363,6 +375,7 @@ def _merge_tensor(
     stats: MergeStats,
     method: Method,
     params: dict[str, Any],
+    scratch: _Scratch,
 ) -> None:
     out_dtype = TORCH_DTYPES[t.dtype_out]
     replace = [op for op in t.ops if isinstance(op, ReplaceOp)]
@@ -421,26 +434,25 @@ def _merge_tensor(
     out_item = DTYPE_SIZES[t.dtype_out]
     block_rows = max(1, block_bytes // max(1, cols * max(4, out_item)))
     if block_rows >= ROW_TILE:
-        block_rows -= block_rows % ROW_TILE  # blocks of whole tiles: no tile is computed twice
+        block_rows -= block_rows % ROW_TILE  # blocks start on tile boundaries
     oversized = block_rows * cols * out_item > block_bytes  # one row does not fit a buffer
-    read_buf = bytearray(min(rows, block_rows) * row_bytes)
-    # Reused across blocks: a fresh allocation per block would page-fault every time.
-    work = torch.empty(min(rows, block_rows) * cols, dtype=torch.float32, device=device)
+    span = min(rows, block_rows) * cols
+    read_buf = scratch.host("read", min(rows, block_rows) * row_bytes)
+    # Buffers live across blocks and tensors: a fresh allocation would page-fault every time.
+    work = scratch.tensor("work", span, torch.float32, device)
     on_host = device.type == "cpu"
-    out_dev = None if on_host else torch.empty(min(rows, block_rows) * cols, dtype=out_dtype, device=device)
-    check_buf = torch.empty(min(rows, block_rows) * cols, dtype=torch.float32, device=device) if factors else None
+    out_dev = None if on_host else scratch.tensor("out", span, out_dtype, device)
+    check_buf = scratch.tensor("check", span, torch.float32, device) if factors else None
     if factors:
         left, right = _factors(files, factors)
         # Zero rows up to a whole tile, so that every product has a multiple of ROW_TILE rows.
         left = torch.cat([left, left.new_zeros((-rows) % ROW_TILE, left.shape[1])])
-        tiles = -(-min(rows, block_rows) // ROW_TILE) + 1
-        delta = torch.empty(tiles * ROW_TILE, cols, dtype=torch.float32, device=device)
+        tile = scratch.tensor("tile", ROW_TILE * cols, torch.float32, device).view(ROW_TILE, cols)
         x64 = _probe(t.name, recipe_digest, cols, device)
         x = x64.to(torch.float32)
-        x_abs = x.abs()
         y_out = torch.empty(rows, dtype=torch.float64, device=device)
         y_base = torch.empty(rows, dtype=torch.float64, device=device)
-        bound = torch.empty(rows, dtype=torch.float64, device=device)
+        sq_norm = torch.zeros((), dtype=torch.float64, device=device)
     for r0 in range(0, rows, block_rows):
         r1 = min(rows, r0 + block_rows)
         n = (r1 - r0) * cols
@@ -449,9 +461,7 @@ def _merge_tensor(
         wb.copy_(raw.view(r1 - r0, cols), non_blocking=True)
         if factors:
             y_base[r0:r1] = wb @ x
-            t0, t1 = r0 - r0 % ROW_TILE, r1 + (-r1) % ROW_TILE
-            d = torch.mm(left[t0:t1], right, out=delta[: t1 - t0])
-            wb.add_(d[r0 - t0 : r1 - t0])
+            _add_update(wb, r0, r1, left, right, tile)
         if oversized:
             out = wb.to(out_dtype)
             _emit(writer, out, device)
@@ -466,10 +476,10 @@ def _merge_tensor(
                 out.copy_(wb)
                 host_out.copy_(out, non_blocking=True)
         if factors:
-            merged = check_buf[:n].view(r1 - r0, cols)  # type: ignore[index]
-            merged.copy_(out)
-            y_out[r0:r1] = merged @ x
-            bound[r0:r1] = merged.abs_() @ x_abs
+            merged = check_buf[:n]  # type: ignore[index]
+            merged.copy_(out.reshape(-1))
+            y_out[r0:r1] = merged.view(r1 - r0, cols) @ x
+            sq_norm += torch.dot(merged, merged)
         if not oversized:
             event = None
             if not on_host:
@@ -477,24 +487,71 @@ def _merge_tensor(
                 event.record()
             writer.put("block", event, buf, n * out_item)
     if factors:
+        # The bound ||W'||_F ||x|| >= || |W'| |x| || keeps the check relative to the weights'
+        # scale at the cost of one dot product per block.
         ref = y_base + _reference(files, factors, x64)
-        err = float(torch.linalg.vector_norm(y_out - ref) / max(float(torch.linalg.vector_norm(bound)), 1e-300))
+        bound = math.sqrt(float(sq_norm)) * float(torch.linalg.vector_norm(x64))
+        err = float(torch.linalg.vector_norm(y_out - ref)) / max(bound, 1e-300)
         _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + cols * 2.0**-23, stats)
+
+
+def _add_update(
+    wb: torch.Tensor, r0: int, r1: int, left: torch.Tensor, right: torch.Tensor, tile: torch.Tensor
+) -> None:
+    """``wb += left[r0:r1] @ right`` where ``wb`` holds rows ``r0:r1``, with every product over
+    whole tiles of ``ROW_TILE`` rows at fixed offsets (see ``ROW_TILE``). Full tiles are updated
+    in place; a part of a tile goes through ``tile``, zero elsewhere, since a row's result
+    depends only on that row."""
+    full_end = r0 + (r1 - r0) // ROW_TILE * ROW_TILE if r0 % ROW_TILE == 0 else r0
+    if full_end > r0:
+        wb[: full_end - r0].addmm_(left[r0:full_end], right)
+    pos = full_end
+    while pos < r1:
+        t0 = pos - pos % ROW_TILE
+        end = min(r1, t0 + ROW_TILE)
+        tile.zero_()
+        tile[pos - t0 : end - t0].copy_(wb[pos - r0 : end - r0])
+        tile.addmm_(left[t0 : t0 + ROW_TILE], right)
+        wb[pos - r0 : end - r0].copy_(tile[pos - t0 : end - t0])
+        pos = end
+
+
+class _Scratch:
+    """Buffers reused across tensors, grown when a larger one is needed."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._host: dict[str, bytearray] = {}
+
+    def tensor(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        have = self._tensors.get(name)
+        if have is None or have.numel() < nbytes or have.device != device:
+            have = self._tensors[name] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        return have[:nbytes].view(dtype)
+
+    def host(self, name: str, nbytes: int) -> bytearray:
+        have = self._host.get(name)
+        if have is None or len(have) < nbytes:
+            have = self._host[name] = bytearray(nbytes)
+        return have
 
 
 def _merge_whole(
     t: TensorPlan, w: torch.Tensor, ops: list[FactorOp], files: _AdapterFiles, recipe_digest: str, stats: MergeStats
 ) -> torch.Tensor:
-    """``W + L @ R`` for a weight held whole in float32 (a saved base layer), verified like the
-    streamed ones."""
+    """``W + L @ R`` for a weight held whole in float32 (a saved base layer), computed and
+    verified like the streamed ones."""
     left, right = _factors(files, ops)
-    pad = (-w.shape[0]) % ROW_TILE
-    delta = torch.cat([left, left.new_zeros(pad, left.shape[1])]) @ right
-    out = (w + delta[: w.shape[0]]).to(TORCH_DTYPES[t.dtype_out])
+    left = torch.cat([left, left.new_zeros((-w.shape[0]) % ROW_TILE, left.shape[1])])
+    merged = w.clone()
+    tile = torch.empty(ROW_TILE, w.shape[1], dtype=torch.float32, device=w.device)
+    _add_update(merged, 0, w.shape[0], left, right, tile)
+    out = merged.to(TORCH_DTYPES[t.dtype_out])
     x = _probe(t.name, recipe_digest, w.shape[1], w.device)
     got = out.double()
     ref = w.double() @ x + _reference(files, ops, x)
-    bound = float(torch.linalg.vector_norm(got.abs() @ x.abs()))
+    bound = float(torch.linalg.vector_norm(got)) * float(torch.linalg.vector_norm(x))
     err = float(torch.linalg.vector_norm(got @ x - ref)) / max(bound, 1e-300)
     _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + w.shape[1] * 2.0**-23, stats)
     return out
