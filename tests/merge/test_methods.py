@@ -540,3 +540,22 @@ def test_bad_method_or_params_are_refused_in_a_merge(
     with pytest.raises(InvalidArgumentError, match=message):
         module_hub.merge(models.base, [str(models.a)], tmp_path / "out", method=method, params=params)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("density", [0.5, 0.1, 0.001, 0.999])
+@pytest.mark.parametrize("kind", ["gaussian", "ties", "adversarial-stride"])
+def test_kth_largest_is_exact(density: float, kind: str) -> None:
+    """``trim``'s threshold comes from a sampled bracket; it must equal a full selection, also
+    when many entries tie and when the strided sample misrepresents the data (the fallback)."""
+    from lora_hub.merge.methods import kth_largest
+
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(1_500_000, generator=gen, dtype=torch.float64).abs()
+    if kind == "ties":
+        values = torch.round(values * 4) / 4
+    elif kind == "adversarial-stride":
+        stride = values.numel() // (1 << 16)
+        values[::stride] = 0.0  # every sampled entry is the smallest value
+    k = round(density * values.numel())
+    expected = values.sort(descending=True).values[k - 1]
+    assert float(kth_largest(values, k)) == float(expected)
