@@ -170,23 +170,7 @@ def methods(json: JsonOpt = False) -> None:
     from lora_hub.merge.methods import METHODS
 
     if json:
-        print_json(
-            [
-                {
-                    "name": m.name,
-                    "summary": m.summary,
-                    "formula": m.formula,
-                    "reference": m.reference,
-                    "random": m.random,
-                    "outputs": list(m.outputs),
-                    "params": [
-                        {"name": p.name, "type": p.kind.__name__, "default": p.default, "help": p.help}
-                        for p in m.params
-                    ],
-                }
-                for m in METHODS.values()
-            ]
-        )
+        print_json([m.describe() for m in METHODS.values()])
         return
     for m in METHODS.values():
         out.print(f"{m.name}  ({', '.join(m.outputs)})  {m.summary}", markup=False)

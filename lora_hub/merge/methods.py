@@ -75,6 +75,34 @@ class Method:
     outputs: tuple[str, ...] = ("merge", "combine")
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def describe(self) -> dict[str, Any]:
+        """The method as plain data (``lorahub methods --json``): every parameter a user can pass,
+        ``seed`` included for the random methods, with its type, default, range and choices."""
+        params = [
+            {
+                "name": p.name,
+                "type": p.kind.__name__,
+                "default": p.default,
+                "help": p.help,
+                "choices": list(p.choices) or None,
+                "min_exclusive": p.low,
+                "max": p.high,
+            }
+            for p in self.params
+        ]
+        if self.random:
+            params.append({"name": "seed", "type": "int", "default": 0, "help": "seed of the random draws",
+                           "choices": None, "min_exclusive": None, "max": None})  # fmt: skip
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "formula": self.formula,
+            "reference": self.reference,
+            "random": self.random,
+            "outputs": list(self.outputs),
+            "params": params,
+        }
+
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, types and ranges checked; unknown parameters refused."""
         known = {p.name: p for p in self.params}

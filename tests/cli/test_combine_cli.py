@@ -101,13 +101,17 @@ def test_methods_json_keys() -> None:
     for m in doc:
         assert set(m) == {"name", "summary", "formula", "reference", "random", "outputs", "params"}
         for p in m["params"]:
-            assert set(p) == {"name", "type", "default", "help"}
+            assert set(p) == {"name", "type", "default", "help", "choices", "min_exclusive", "max"}
+        assert ("seed" in [p["name"] for p in m["params"]]) == m["random"]
     by_name = {m["name"]: m for m in doc}
     assert by_name["svd"]["outputs"] == ["combine"] and by_name["cat"]["outputs"] == ["merge", "combine"]
     assert [(p["name"], p["type"], p["default"]) for p in by_name["ties"]["params"]] == [
         ("density", "float", 1.0),
         ("majority_sign", "str", "sum"),
     ]
+    assert by_name["ties"]["params"][1]["choices"] == ["sum", "count"]
+    assert (by_name["ties"]["params"][0]["min_exclusive"], by_name["ties"]["params"][0]["max"]) == (0.0, 1.0)
+    assert [p["name"] for p in by_name["dare_linear"]["params"]] == ["density", "seed"]
     assert by_name["dare_ties"]["random"] is True and by_name["ties"]["random"] is False
     assert by_name["ties"]["reference"].startswith("Yadav et al. 2023") and by_name["linear"]["reference"] is None
 
