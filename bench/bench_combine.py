@@ -24,10 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,13 +39,13 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _envinfo
-from bench_merge import PY, make_inputs, run_timed
+from bench_merge import PY, make_inputs
 
 N_ADAPTERS = 8
 RANK = 16
 OUT_RANK = 32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CHECKED = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.7.self_attn.v_proj"]
+CHECKED = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.v_proj"]
 
 PEFT_SCRIPT = """
 import sys, json, torch
@@ -56,19 +59,37 @@ for i, path in enumerate(adapters[1:], 1):
 names = [f"a{i}" for i in range(len(adapters))]
 extra = {"density": 0.5} if kind == "ties_svd" else {}
 model.add_weighted_adapter(names, [1 / len(names)] * len(names), "combined", combination_type=kind,
-                           svd_rank=%d, **extra)
+                           svd_rank=SVD_RANK, **extra)
 model.save_pretrained(out, selected_adapters=["combined"])
-""" % OUT_RANK
+""".replace("SVD_RANK", str(OUT_RANK))
 
 
-def make_adapters(work: Path, template: Path) -> list[Path]:
+def run_timed(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, int] | None:
+    """Wall seconds and peak RSS of ``cmd``, or None if it ran past ``timeout`` (then killed)."""
+    wrapped = ["/usr/bin/time", "-f", "%M", *cmd]
+    started = time.perf_counter()
+    proc = subprocess.Popen(wrapped, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{err[-4000:]}")
+    return seconds, int(err.strip().splitlines()[-1]) * 1024
+
+
+def make_adapters(work: Path, template: Path, layers: int) -> list[Path]:
     """8 adapters shaped like ``template`` (the merge benchmark's), with random factors."""
     config = json.loads((template / "adapter_config.json").read_text())
     with safe_open(str(template / "adapter_model.safetensors"), framework="pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
     out = []
     for i in range(1, N_ADAPTERS + 1):
-        folder = work / f"combine-input-{i}"
+        folder = work / f"combine-{layers}l-input-{i}"
         out.append(folder)
         if (folder / "adapter_model.safetensors").exists():
             continue
@@ -119,14 +140,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--only", default="lorahub-ties,lorahub-svd,peft-ties,peft-svd")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before a run is killed")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model_dir, template = make_inputs(args.workdir, args.layers)
-    adapters = make_adapters(args.workdir, template)
+    adapters = make_adapters(args.workdir, template, args.layers)
     lorahub = str(Path(PY).parent / "lorahub")
     weights = [f"{a}@{1 / N_ADAPTERS}" for a in adapters]
 
-    def ours(method: str, extra: list[str]):  # noqa: ANN202
+    def ours(method: str, extra: list[str]) -> Callable[[Path, Path], tuple[list[str], dict[str, str]]]:
         def cmd(out: Path, home: Path) -> tuple[list[str], dict[str, str]]:
             name = f"bench/{method}"
             return [lorahub, "combine", *weights, "--method", method, "--rank", str(OUT_RANK), *extra,
@@ -134,7 +156,7 @@ def main() -> None:
 
         return cmd
 
-    def peft(kind: str):  # noqa: ANN202
+    def peft(kind: str) -> Callable[[Path, Path], tuple[list[str], dict[str, str]]]:
         def cmd(out: Path, home: Path) -> tuple[list[str], dict[str, str]]:
             return [PY, "-c", PEFT_SCRIPT, str(model_dir), str(out), kind, *map(str, adapters)], {}
 
@@ -149,6 +171,7 @@ def main() -> None:
     wanted = [k for k in args.only.split(",") if k in commands]
     results: dict[str, list[tuple[float, int]]] = {k: [] for k in wanted}
     errors: dict[str, float] = {}
+    timeouts: set[str] = set()
     exact = exact_updates(adapters)
     env = {"HF_HUB_OFFLINE": "1"}
     for run in range(args.runs):
@@ -157,7 +180,12 @@ def main() -> None:
                 out, home = Path(scratch) / "out", Path(scratch) / "home"
                 _envinfo.wait_quiet()
                 cmd, extra = commands[key](out, home)
-                seconds, rss = run_timed(cmd, {**env, **extra})
+                timed = run_timed(cmd, {**env, **extra}, args.timeout)
+                if timed is None:
+                    timeouts.add(key)
+                    print(f"run {run + 1}: {key:13s} killed after {args.timeout:.0f} s", flush=True)
+                    continue
+                seconds, rss = timed
                 results[key].append((seconds, rss))
                 print(f"run {run + 1}: {key:13s} {seconds:7.2f} s  peak RSS {rss / 1e9:.2f} GB", flush=True)
                 if run == 0 and key.endswith("svd"):
@@ -178,6 +206,9 @@ def main() -> None:
     print("| tool | median s | min s | max s | peak RSS GB | svd: worst rel. error vs exact sum (3 modules) |")
     print("|---|---:|---:|---:|---:|---:|")
     for key, rows in results.items():
+        if not rows:
+            print(f"| {key} | > {args.timeout:.0f} (killed) | | | | |")
+            continue
         secs = [s for s, _ in rows]
         err = f"{errors[key]:.3g}" if key in errors else "-"
         print(f"| {key} | {statistics.median(secs):.2f} | {min(secs):.2f} | {max(secs):.2f} | "

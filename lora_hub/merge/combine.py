@@ -9,9 +9,10 @@ and ``delta_i = s_i B_i A_i``:
   re-factored by an SVD that never forms the dense matrix: ``L = Q_L T_L``, ``R^T = Q_R T_R``,
   ``T_L T_R^T = U S V^T``, so ``L R = (Q_L U) S (Q_R V)^T``, exact up to the rank cut, whose
   relative Frobenius error is ``sqrt(sum_{j>k} S_j^2 / sum_j S_j^2)``.
-- non-linear methods (TIES, DARE, magnitude prune): the dense ``combine(delta_1..delta_n)`` is
-  truncated to rank ``k`` by SVD (randomized, with power iterations, where ``k`` is small next to
-  the matrix; exact otherwise), and the error ``||D - B'A'||_F / ||D||_F`` is measured.
+- non-linear methods (TIES, DARE, magnitude prune): the dense ``combine(delta_1..delta_n)``
+  (computed in float32, or in float64 for a float64 output) is truncated to rank ``k`` by SVD
+  (randomized, with power iterations, where ``k`` is small next to the matrix; exact otherwise),
+  and the error ``||D - B'A'||_F / ||D||_F`` is measured.
 
 Every output module gets ``alpha = rank``, so its LoRA scale is exactly 1 (also for rsLoRA
 inputs, whose scales are already inside ``delta_i``): ``B'A'`` *is* the update.
@@ -154,7 +155,10 @@ def combine_adapters(
             total = float((s**2).sum())
             err = math.sqrt(float((s[k:] ** 2).sum()) / total) if total > 0 else 0.0
         else:
-            deltas = [(b @ a) * m.scale for _, m, a, b in factors]
+            # Dense updates in float32 unless the output is float64: one rounding at the end
+            # costs less than the float64 arithmetic over millions of entries per update.
+            work = torch.float64 if out_dtype == torch.float64 else torch.float32
+            deltas = [(b.to(work) @ a.to(work)).mul_(m.scale) for _, m, a, b in factors]
             gen = generator_for(int(params.get("seed", 0)), path)
             dense = method.combine(deltas, [inputs[i].weight for i, _, _, _ in factors], params, gen)  # type: ignore[misc]
             k = min(rank or sum(m.rank for _, m, _, _ in factors), *dense.shape)

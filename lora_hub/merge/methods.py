@@ -168,20 +168,21 @@ def _trim_threshold(delta: torch.Tensor, density: float) -> torch.Tensor:
 
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k``-th largest of ``values`` (1-D), exactly. A full selection over millions of
-    entries is slow (0.3 s for 11.5M); a strided sample brackets the answer, one counting pass
+    entries is slow (0.3 s for 11.5M); a sample brackets the answer, one counting pass
     checks the bracket, and the selection runs inside it. A bracket that misses falls back to the
     full selection, so the sample only decides the speed."""
     n = values.numel()
     if n <= 1 << 20:
         return values.kthvalue(n - k + 1).values
-    stride = n // (1 << 16)
-    sample = values[::stride].sort().values
+    # A fixed pseudo-random sample: a strided one can follow the structure of a low-rank update.
+    picks = torch.randint(0, n, (1 << 16,), generator=torch.Generator().manual_seed(n))
+    sample = values[picks.to(values.device)].sort().values
     m = sample.numel()
     q = (n - k + 0.5) / n  # the answer's quantile, ascending
     margin = max(64, int(6 * math.sqrt(m * q * (1 - q))) + 1)
     lo = sample[max(0, int(q * m) - margin)]
     hi = sample[min(m - 1, int(q * m) + margin)]
-    above = int((values > hi).sum())
+    above = int(torch.count_nonzero(values > hi))
     inside = values[(values >= lo) & (values <= hi)]
     need = k - above  # the answer is the need-th largest inside the bracket
     if 1 <= need <= inside.numel():
