@@ -31,7 +31,7 @@ from lora_hub.merge.methods import get_method
 from lora_hub.merge.writer import Entry, shard_names, split_into_shards
 from lora_hub.types import AdapterFacts, AdapterLayout
 
-PLAN_FORMAT = 1  # bump when the same recipe would produce different bytes
+PLAN_FORMAT = 2  # bump when the same recipe would produce different bytes
 DTYPES = {"auto": None, "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 
 
