@@ -463,13 +463,13 @@ def test_executor_reads_row_blocks_and_gives_the_same_model(
     zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, variant: str, dtype: str
 ) -> None:
     reads: list[tuple[int, int]] = []
-    real_read = ex._read_rows
+    real_read = ex._view_rows
 
-    def spy(fd: int, start: int, row_bytes: int, r0: int, r1: int, buf: bytearray) -> memoryview:
+    def spy(mapped: Any, dtype: torch.dtype, start: int, row_bytes: int, r0: int, r1: int) -> torch.Tensor:
         reads.append(((r1 - r0) * row_bytes, row_bytes))
-        return real_read(fd, start, row_bytes, r0, r1, buf)
+        return real_read(mapped, dtype, start, row_bytes, r0, r1)
 
-    monkeypatch.setattr(ex, "_read_rows", spy)
+    monkeypatch.setattr(ex, "_view_rows", spy)
     plan, outs = _execute_with_blocks(zoo, tmp_path, kind, variant, dtype, reads)
     ref = load_folder(outs[None])
     assert set(ref) == {t.name for t in plan.tensors}
