@@ -13,7 +13,8 @@ as whole processes:
   mergekit  `mergekit-yaml` with `model: MODEL+ADAPTER` (only if --mergekit points at its venv)
   floor     safetensors read and write of every tensor (safe_open + save_file), no merge
 
-Reports the median (and min/max) wall time, peak RSS, and ratios, as a Markdown table.
+Before every run the page cache's dirty pages are flushed (`sync`, untimed). Reports the median
+(and min/max) wall time, peak RSS, and ratios, as a Markdown table.
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
                 out, home = Path(scratch) / "out", Path(scratch) / "home"
                 cmd, extra = commands[key](out, home)
+                # Untimed: the previous run's dirty pages are written back first, so that no run
+                # pays for another's writeback.
+                subprocess.run(["sync"], check=False)
                 seconds, rss = run_timed(cmd, {**env, **extra})
                 results[key].append((seconds, rss))
                 print(f"run {run + 1}: {key:9s} {seconds:7.2f} s  peak RSS {rss / 1e9:.2f} GB", flush=True)
