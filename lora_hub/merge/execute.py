@@ -2,7 +2,7 @@
 
 Per target tensor ``W`` (stored ``[rows, cols]``), for each row block::
 
-    Wb   <- W[rows] read with pread into a reused buffer, widened to float32 (on the device)
+    Wb   <- W[rows] from the shard's read-only mapping, widened to float32 into a reused buffer
     Wb  += L[rows] @ R              L = [w_i s_i B_i ...], R = [A_i; ...]  (transposed layouts swap them)
     out  <- Wb rounded once to the output dtype, into one of a few rotating buffers
 
@@ -12,8 +12,8 @@ Reusing buffers matters: freshly allocated memory page-faults on every block.
 
 Every changed tensor is verified with a random probe ``x``: ``W'x`` against the reference
 ``Wx + sum_i w_i s_i B_i (A_i x)`` computed in float64 from the adapter tensors as stored (never
-from ``L`` and ``R``). The relative error ``||W'x - ref|| / || |W'| |x| ||`` must stay under the
-rounding bound of the output dtype plus float32 accumulation, ``u + cols * 2**-23``.
+from ``L`` and ``R``). The relative error ``||W'x - ref|| / (||W'||_F ||x||)`` must stay under
+the rounding bound of the output dtype plus float32 accumulation, ``u + cols * 2**-23``.
 """
 
 from __future__ import annotations
