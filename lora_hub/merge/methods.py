@@ -144,15 +144,7 @@ def generator_for(seed: int, key: str) -> torch.Generator:
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the ``round(density * n)`` entries largest in magnitude (ties at the threshold kept)."""
-    n = delta.numel()
-    k = round(density * n)
-    if k >= n:
-        return delta
-    if k <= 0:
-        return torch.zeros_like(delta)
-    magnitude = delta.abs()
-    threshold = kth_largest(magnitude.flatten(), k)
-    return torch.where(magnitude >= threshold, delta, torch.zeros_like(delta))
+    return torch.where(delta.abs() >= _trim_threshold(delta, density), delta, torch.zeros_like(delta))
 
 
 def _trim_threshold(delta: torch.Tensor, density: float) -> torch.Tensor:

@@ -502,3 +502,19 @@ def test_block_size_does_not_change_a_single_byte(
             if not torch.equal(tensor, load_folder(outs[None])[name])
         )
         assert got == default, f"block_bytes={block}: {len(differ)} tensors differ from the default, e.g. {differ[:3]}"
+
+
+def test_a_shard_shorter_than_its_tensor_is_a_merge_error(tmp_path: Path) -> None:
+    """Rows are read through a mapping; a shard cut short under it must be reported (as pread's
+    short read was), not end the process with SIGBUS."""
+    shard = tmp_path / "model.safetensors"
+    shard.write_bytes(b"\0" * 4096)
+    fd = os.open(shard, os.O_RDONLY)
+    scratch = ex._Scratch()
+    try:
+        assert len(scratch.mapping(fd, 4096)) == 4096
+        with pytest.raises(MergeError, match="ended early"):
+            scratch.mapping(fd, 4096 + 1)
+    finally:
+        scratch.close()
+        os.close(fd)
