@@ -6,8 +6,26 @@ hub.push("./my-adapter", "acme/sql-lora", metrics={"accuracy": 0.81})
 hub.pull("acme/sql-lora:1", "./out")
 """
 
-from lora_hub.api import Hub
-from lora_hub.errors import LoraHubError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_hub.api import Hub
+    from lora_hub.errors import LoraHubError
 
 __version__ = "0.1.0"
 __all__ = ["Hub", "LoraHubError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so that ``lorahub`` can set up the interpreter before the heavy imports.
+    if name == "Hub":
+        from lora_hub.api import Hub
+
+        return Hub
+    if name == "LoraHubError":
+        from lora_hub.errors import LoraHubError
+
+        return LoraHubError
+    raise AttributeError(f"module 'lora_hub' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m lora_hub`` runs the CLI."""
 
-from lora_hub.cli.main import main
+from lora_hub.cli import main
 
 main()

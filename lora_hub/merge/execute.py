@@ -1,4 +1,4 @@
-"""Carry out a ``MergePlan``, streaming: one tensor at a time, in row blocks of about 1 MB.
+"""Carry out a ``MergePlan``, streaming: one tensor at a time, in row blocks of about 4 MB.
 
 Per target tensor ``W`` (stored ``[rows, cols]``), for each row block::
 
@@ -48,7 +48,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }  # fmt: skip
 UNIT_ROUNDOFF = {"F64": 2.0**-53, "F32": 2.0**-24, "F16": 2.0**-11, "BF16": 2.0**-8}
-BLOCK_BYTES_CPU = 1 << 20
+BLOCK_BYTES_CPU = 4 << 20
 BLOCK_BYTES_CUDA = 64 << 20
 # ``W += L @ R`` (one addmm) is computed over whole tiles of rows at fixed offsets. A matrix
 # product of a few rows takes other kernel paths than one of many, with other rounding (measured
@@ -171,28 +171,40 @@ class _Writer:
 
 
 class _AdapterFiles:
-    """Lazy access to adapter tensors (memory-mapped by safetensors), as float32 on the device."""
+    """Lazy access to adapter tensors (memory-mapped by safetensors), as float32 on the device.
+    The tensors of the last few modules stay at hand as stored: a merge and its verification
+    read the same factors, in two precisions."""
+
+    _KEEP = 8
 
     def __init__(self, paths: list[str], device: torch.device) -> None:
         self._handles = [safe_open(p, framework="pt") for p in paths]
+        self._keys = [set(h.keys()) for h in self._handles]
+        self._stored: dict[tuple[int, str], torch.Tensor] = {}
         self.device = device
 
+    def _raw(self, adapter: int, key: str) -> torch.Tensor:
+        got = self._stored.get((adapter, key))
+        if got is None:
+            if len(self._stored) >= self._KEEP:
+                del self._stored[next(iter(self._stored))]
+            got = self._stored[(adapter, key)] = self._handles[adapter].get_tensor(key)
+        return got
+
     def get(self, adapter: int, key: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self._handles[adapter].get_tensor(key).to(self.device, dtype)
+        return self._raw(adapter, key).to(self.device, dtype)
 
     def lora(self, op: FactorOp | DoraOp, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B) as stored: A [r, in], B [out, r] (embeddings: A [r, vocab], B [dim, r])."""
         prefix = f"base_model.model.{op.module}."
-        handle = self._handles[op.adapter]
-        keys = set(handle.keys())
+        keys = self._keys[op.adapter]
         a_key = prefix + ("lora_A.weight" if prefix + "lora_A.weight" in keys else "lora_embedding_A")
         b_key = prefix + ("lora_B.weight" if prefix + "lora_B.weight" in keys else "lora_embedding_B")
         return self.get(op.adapter, a_key, dtype), self.get(op.adapter, b_key, dtype)
 
     def magnitude(self, op: DoraOp) -> torch.Tensor:
         prefix = f"base_model.model.{op.module}.lora_magnitude_vector"
-        keys = set(self._handles[op.adapter].keys())
-        key = prefix if prefix in keys else prefix + ".weight"
+        key = prefix if prefix in self._keys[op.adapter] else prefix + ".weight"
         return self.get(op.adapter, key, torch.float64).reshape(-1)
 
 
@@ -270,8 +282,8 @@ def _execute(
     by_name = {t.name: t for t in plan.tensors}
     stats = MergeStats()
     # Enough blocks in flight that a stall of the writer or the hasher (which share the second
-    # core) does not stop the compute at once: 16 MB on CPU; 4 pinned 64 MB blocks on CUDA.
-    writer = _Writer(block_bytes, buffers=4 if cuda else 16, pin=cuda)
+    # core) does not stop the compute at once: 32 MB on CPU; 4 pinned 64 MB blocks on CUDA.
+    writer = _Writer(block_bytes, buffers=4 if cuda else 8, pin=cuda)
     scratch = _Scratch()
     fds: dict[str, int] = {}
     metadata = {"format": "pt", "lorahub_recipe": plan.recipe_digest}
@@ -358,7 +370,7 @@ def _emit(writer: _Writer, result: torch.Tensor, device: torch.device) -> None:
 
 def _view_rows(mapped: mmap.mmap, dtype: torch.dtype, start: int, row_bytes: int, r0: int, r1: int) -> torch.Tensor:
     """Rows ``r0:r1`` of the tensor at ``start`` in a mapped shard, without copying them."""
-    count = (r1 - r0) * row_bytes // torch.empty((), dtype=dtype).element_size()
+    count = (r1 - r0) * row_bytes // dtype.itemsize
     return torch.frombuffer(mapped, dtype=dtype, count=count, offset=start + r0 * row_bytes)
 
 
@@ -554,7 +566,7 @@ class _Scratch:
         self._maps.clear()
 
     def tensor(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         have = self._tensors.get(name)
         if have is None or have.numel() < nbytes or have.device != device:
             have = self._tensors[name] = torch.empty(nbytes, dtype=torch.uint8, device=device)

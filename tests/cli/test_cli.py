@@ -135,3 +135,20 @@ def test_real_process_shows_no_traceback_unless_debug(tmp_path: Path, lorahub_en
 
 def test_version_flag() -> None:
     assert run("--version").startswith("lorahub ")
+
+
+def test_entry_point_imports_nothing_heavy_before_the_command() -> None:
+    """``lorahub`` turns the garbage collector off before SQLAlchemy, pydantic and torch load;
+    that only helps if importing the package and its entry point loads none of them."""
+    code = (
+        "import sys, lora_hub, lora_hub.cli\n"
+        "print(sorted(m for m in ('sqlalchemy', 'pydantic', 'torch', 'typer') if m in sys.modules))\n"
+        "from lora_hub import Hub, LoraHubError\n"
+        "print(Hub.__module__, LoraHubError.__module__)\n"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert got[:2] == ["[]", "lora_hub.api lora_hub.errors"]
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        import lora_hub
+
+        _ = lora_hub.Nope  # type: ignore[attr-defined]
