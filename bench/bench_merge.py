@@ -13,7 +13,8 @@ as whole processes:
   mergekit  `mergekit-yaml` with `model: MODEL+ADAPTER` (only if --mergekit points at its venv)
   floor     safetensors read and write of every tensor (safe_open + save_file), no merge
 
-Before every run the page cache's dirty pages are flushed (`sync`, untimed). Reports the median
+Runs are interleaved, in an order that rotates every run. Before every run the page cache's
+dirty pages are flushed (`sync`, untimed). Reports the median
 (and min/max) wall time, peak RSS, and ratios, as a Markdown table.
 """
 
@@ -152,7 +153,10 @@ def main() -> None:
     wanted = [k for k in args.only.split(",") if k in commands and (k != "mergekit" or args.mergekit)]
     results: dict[str, list[tuple[float, int]]] = {k: [] for k in wanted}
     for run in range(args.runs):
-        for key in wanted:  # interleaved, so that drift on the machine hits every tool alike
+        # Interleaved, so that drift on the machine hits every tool alike, and in an order that
+        # rotates every run: a run right after PEFT (which frees 2.7 GB, handed back to the host
+        # and faulted in anew by whoever allocates next) is slower, and no tool should always be it.
+        for key in wanted[run % len(wanted) :] + wanted[: run % len(wanted)]:
             with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
                 out, home = Path(scratch) / "out", Path(scratch) / "home"
                 cmd, extra = commands[key](out, home)

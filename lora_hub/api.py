@@ -31,6 +31,7 @@ from lora_hub.errors import (
     InvalidArgumentError,
     InvalidModelError,
     LoraHubError,
+    MergeError,
     NotFoundError,
 )
 from lora_hub.formats.hf import ModelDir, model_from_files, read_model_dir
@@ -561,6 +562,8 @@ class Hub:
 
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(out)
+        extras = sum(model.files[rel].stat().st_size for rel in plan.copy_files)
+        _check_free_space(out.parent, _plan_bytes(plan) + extras)
         tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
@@ -840,6 +843,17 @@ def _plan_bytes(plan: MergePlan) -> int:
     from lora_hub.formats.safetensors_file import DTYPE_SIZES
 
     return sum(math.prod(t.shape) * DTYPE_SIZES[t.dtype_out] for t in plan.tensors)
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    """Refuse a merge that cannot fit, before any work rather than after most of it."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise MergeError(
+            f"not enough free space in {folder}: the merged model needs {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB are free",
+            hint="free some space, or write the output (-o) to another disk",
+        )
 
 
 def _set_config_dtype(folder: Path, dtype: str) -> None:

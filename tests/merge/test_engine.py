@@ -288,6 +288,20 @@ def test_incompatible_adapter_is_refused_before_anything_is_written(sqlite_hub: 
     assert sqlite_hub.base_list() == []
 
 
+def test_a_disk_too_small_is_refused_before_any_work(
+    sqlite_hub: Hub, zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lora_hub.api
+
+    forbid_execute(monkeypatch)
+    real = shutil.disk_usage
+    monkeypatch.setattr(lora_hub.api.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    out = tmp_path / "out"
+    with pytest.raises(MergeError, match=r"not enough free space .* needs 0\.\d\d GB, 0\.00 GB are free"):
+        sqlite_hub.merge(zoo.base("llama"), [str(zoo.adapter("llama-all-linear"))], out)
+    assert not out.exists() and partials(tmp_path) == []
+
+
 def test_non_empty_output_needs_force(sqlite_hub: Hub, zoo: Zoo, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
