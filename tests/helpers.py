@@ -1,10 +1,16 @@
 """Builders shared by the tests: small PEFT-format adapter folders written with numpy (no torch,
-so that subprocess tests start fast), and a few file-level utilities."""
+so that subprocess tests start fast), a few file-level utilities, and the CLI run as a
+subprocess up to an armed fault point."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +90,29 @@ def raw_safetensors(header: dict[str, Any] | bytes, data: bytes = b"", *, length
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_until_hang(args: list[str], env: dict[str, str], point: str, marker: Path) -> subprocess.Popen[bytes]:
+    """Start the CLI with a fault point armed; return once it is parked there."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lora_hub", *args],
+        env={**os.environ, **env, "LORAHUB_TEST_HANG_AT": point, "LORAHUB_TEST_HANG_FILE": str(marker)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():  # a wait for an event, not a timing assertion
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("never reached the fault point")
+        time.sleep(0.05)
+    return proc
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process parked by ``run_until_hang`` and check that the signal is what ended it."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL

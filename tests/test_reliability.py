@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from lora_hub import Hub
 from lora_hub.types import ListQuery
-from tests.helpers import tree_bytes, write_adapter
+from tests.helpers import kill, run_until_hang, tree_bytes, write_adapter
 
 WORKERS = 8
 PUSHES_EACH = 5
@@ -91,38 +86,13 @@ def test_first_use_migrates_once_under_concurrency(
     assert sorted(pairs[0][0] for _, pairs in outcomes) == [1, 2, 3, 4]
 
 
-def _run_until_hang(args: list[str], env: dict[str, str], point: str, marker: Path) -> subprocess.Popen[bytes]:
-    """Start the CLI with a fault point armed; return once it is parked there."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lora_hub", *args],
-        env={**os.environ, **env, "LORAHUB_TEST_HANG_AT": point, "LORAHUB_TEST_HANG_FILE": str(marker)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
-    while not marker.exists():  # a wait for an event, not a timing assertion
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("never reached the fault point")
-        time.sleep(0.05)
-    return proc
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-
 @pytest.mark.parametrize("point", ["store.put.before_fsync", "push.before_catalog"])
 def test_push_killed_midway_leaves_no_adapter_and_gc_cleans_up(
     tmp_path: Path, lorahub_env: dict[str, str], point: str
 ) -> None:
     src = write_adapter(tmp_path / "a")
-    proc = _run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, point, tmp_path / "parked")
-    _kill(proc)
+    proc = run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, point, tmp_path / "parked")
+    kill(proc)
     hub = Hub()
     assert hub.list() == []
     temp_dir = Path(lorahub_env["LORAHUB_HOME"]) / "blobs" / "tmp"
@@ -140,7 +110,7 @@ def test_push_killed_midway_leaves_no_adapter_and_gc_cleans_up(
 
 def test_orphan_blob_of_killed_push_is_collected(tmp_path: Path, lorahub_env: dict[str, str]) -> None:
     src = write_adapter(tmp_path / "a")
-    _kill(_run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, "push.before_catalog", tmp_path / "p"))
+    kill(run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, "push.before_catalog", tmp_path / "p"))
     hub = Hub()
     assert hub.list() == []
     assert hub.gc().blobs_removed == 2  # config + weights, never recorded
@@ -148,14 +118,12 @@ def test_orphan_blob_of_killed_push_is_collected(tmp_path: Path, lorahub_env: di
 
 def test_gc_leaves_live_writers_alone(tmp_path: Path, lorahub_env: dict[str, str]) -> None:
     src = write_adapter(tmp_path / "a")
-    proc = _run_until_hang(
-        ["push", str(src), "--name", "acme/x"], lorahub_env, "store.put.before_fsync", tmp_path / "p"
-    )
+    proc = run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, "store.put.before_fsync", tmp_path / "p")
     try:
         hub = Hub()
         assert hub.store.remove_stale_temp() == 0  # its temp file is locked by a live process
     finally:
-        _kill(proc)
+        kill(proc)
     assert hub.store.remove_stale_temp() == 1
 
 
@@ -163,7 +131,7 @@ def test_pull_killed_midway_leaves_no_output(tmp_path: Path, lorahub_env: dict[s
     src = write_adapter(tmp_path / "a", extra_files={"README.md": b"x"})
     Hub().push(src, "acme/x")
     dest = tmp_path / "out"
-    _kill(_run_until_hang(["pull", "acme/x", "-o", str(dest)], lorahub_env, "pull.after_file", tmp_path / "p"))
+    kill(run_until_hang(["pull", "acme/x", "-o", str(dest)], lorahub_env, "pull.after_file", tmp_path / "p"))
     assert not dest.exists()
     partials = [p for p in tmp_path.iterdir() if ".lorahub-partial-" in p.name]
     assert len(partials) == 1

@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +20,7 @@ from lora_hub.formats.peft import read_adapter_dir
 from lora_hub.merge import execute as ex
 from lora_hub.merge.plan import AdapterInput, MergePlan, plan_merge
 from lora_hub.types import BaseModelInfo
-from tests.helpers import tree_bytes
+from tests.helpers import kill, run_until_hang, tree_bytes
 from tests.merge.models import LlamaForCausalLM, Zoo, forward, input_ids, load_folder, shard_metadata
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -318,34 +314,14 @@ def test_non_empty_output_needs_force(sqlite_hub: Hub, zoo: Zoo, tmp_path: Path)
     sqlite_hub.merge(zoo.base("llama"), [str(zoo.adapter("llama-rslora"))], tmp_path / "empty")
 
 
-def _run_until_hang(args: list[str], env: dict[str, str], point: str, marker: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lora_hub", *args],
-        env={**os.environ, **env, "LORAHUB_TEST_HANG_AT": point, "LORAHUB_TEST_HANG_FILE": str(marker)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
-    while not marker.exists():  # a wait for an event, not a timing assertion
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("never reached the fault point")
-        time.sleep(0.05)
-    return proc
-
-
 def test_merge_killed_before_rename_leaves_nothing(tmp_path: Path, zoo: Zoo, lorahub_env: dict[str, str]) -> None:
     base_dir, adapter = zoo.base("llama"), zoo.adapter("llama-all-linear")
     work = tmp_path / "work"
     work.mkdir()
     out = work / "out"
     args = ["merge", "--base", str(base_dir), str(adapter), "-o", str(out), "--name", "acme/merged", "--device", "cpu"]
-    proc = _run_until_hang(args, lorahub_env, "merge.before_rename", tmp_path / "parked")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    proc = run_until_hang(args, lorahub_env, "merge.before_rename", tmp_path / "parked")
+    kill(proc)
 
     assert not out.exists()
     [partial] = partials(work)
