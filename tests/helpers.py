@@ -4,6 +4,7 @@ subprocess up to an armed fault point."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import signal
@@ -80,6 +81,16 @@ def write_adapter(
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     return folder
+
+
+class TouchOnUnpickle:
+    """Unpickling this creates ``path`` (``open(path, "w")``): proof that something was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (builtins.open, (self.path, "w"))
 
 
 def raw_safetensors(header: dict[str, Any] | bytes, data: bytes = b"", *, length: int | None = None) -> bytes:

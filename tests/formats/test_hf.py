@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import pickle
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from safetensors.numpy import save_file
 
 from lora_hub.errors import InvalidModelError
 from lora_hub.formats.hf import read_model_dir
+from tests.helpers import TouchOnUnpickle
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -169,20 +168,10 @@ def test_refuses_a_config_that_is_not_a_json_object(tmp_path: Path, text: str, p
     refused(folder, phrase, file=file)
 
 
-class _TouchOnUnpickle:
-    """Unpickling this creates ``path``: proof that something was unpickled."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (builtins.open, (self.path, "w"))
-
-
 def test_refuses_pickled_weights_without_unpickling(tmp_path: Path) -> None:
     folder = write_shards(tmp_path / "m", {})
     marker = tmp_path / "unpickled"
-    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _TouchOnUnpickle(marker)}))
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": TouchOnUnpickle(marker)}))
     err = refused(folder, "has only pickled weights (pytorch_model.bin)", "safetensors only")
     assert err.hint is not None
     assert "torch.load('pytorch_model.bin'" in err.hint and "safe_serialization=True" in err.hint
@@ -247,6 +236,6 @@ def test_refuses_a_pickle_named_safetensors(tmp_path: Path) -> None:
     """Like any other unreadable shard: an InvalidModelError that names the folder and the file."""
     folder = write_shards(tmp_path / "m", {})
     marker = tmp_path / "unpickled"
-    (folder / "model.safetensors").write_bytes(pickle.dumps({"w": _TouchOnUnpickle(marker)}, protocol=4))
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"w": TouchOnUnpickle(marker)}, protocol=4))
     err = refused(folder, "model.safetensors: ", "pickle")
     assert err.hint is not None and not marker.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 import math
 import os
@@ -18,21 +17,11 @@ from safetensors import safe_open
 from lora_hub.errors import InvalidAdapterError, PickleRefusedError, SafetensorsFormatError
 from lora_hub.formats.peft import list_files, lora_scale, pattern_key, read_adapter_dir
 from lora_hub.types import SavedTensor
-from tests.helpers import LLAMA_MODULES, PREFIX, adapter_config, adapter_tensors, write_adapter
-
-
-class _TouchOnUnpickle:
-    """Unpickling this creates ``path`` (``open(path, "w")``): proof that something was unpickled."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (builtins.open, (self.path, "w"))
+from tests.helpers import LLAMA_MODULES, PREFIX, TouchOnUnpickle, adapter_config, adapter_tensors, write_adapter
 
 
 def pickle_payload(marker: Path) -> bytes:
-    return pickle.dumps({"base_model.model.x.lora_A.weight": _TouchOnUnpickle(marker)}, protocol=4)
+    return pickle.dumps({"base_model.model.x.lora_A.weight": TouchOnUnpickle(marker)}, protocol=4)
 
 
 def refused(folder: Path, *phrases: str, kind: type[Exception] = InvalidAdapterError, **kwargs: Any) -> str:

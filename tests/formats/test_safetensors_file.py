@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 import lora_hub.formats.safetensors_file as sf
 from lora_hub.errors import InvalidAdapterError, PickleRefusedError, SafetensorsFormatError
 from lora_hub.formats.safetensors_file import looks_like_pickle, nonfinite_tensors, read_header
-from tests.helpers import raw_safetensors
+from tests.helpers import TouchOnUnpickle, raw_safetensors
 
 LIMIT = 25 * 1024 * 1024  # the documented header-size limit (25 MiB), written out independently
 
@@ -44,18 +44,8 @@ def refused(path: Path, phrase: str, **kwargs: Any) -> SafetensorsFormatError:
     return info.value
 
 
-class _TouchOnUnpickle:
-    """Unpickling this creates ``path`` (``open(path, "w")``): proof that something was unpickled."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (builtins.open, (self.path, "w"))
-
-
 def pickle_payload(marker: Path, protocol: int) -> bytes:
-    return pickle.dumps({"weights": _TouchOnUnpickle(marker)}, protocol=protocol)
+    return pickle.dumps({"weights": TouchOnUnpickle(marker)}, protocol=protocol)
 
 
 # --- valid files -------------------------------------------------------------------------------
