@@ -1,6 +1,7 @@
 """Builders shared by the tests: small PEFT-format adapter folders written with numpy (no torch,
-so that subprocess tests start fast), a few file-level utilities, and the CLI run as a
-subprocess up to an armed fault point."""
+so that subprocess tests start fast), the tiny random Llama of the model tests (torch and
+transformers imported only when one is built), a few file-level utilities, and the CLI run as
+a subprocess up to an armed fault point."""
 
 from __future__ import annotations
 
@@ -80,6 +81,38 @@ def write_adapter(
     for name, data in (extra_files or {}).items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
+    return folder
+
+
+def tiny_llama_shape(*, layers: int = 2, hidden: int = 32) -> dict[str, int]:
+    """The config arguments of the tiny Llama (also given to the Mistral built with Llama's shapes)."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": 64,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 128,
+    }
+
+
+def tiny_llama(*, layers: int = 2, hidden: int = 32) -> Any:
+    """A freshly initialised tiny LlamaForCausalLM (float32), drawn from torch's global generator."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**tiny_llama_shape(layers=layers, hidden=hidden)))
+
+
+def save_llama(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, sharded: Path | None = None) -> Path:
+    """``tiny_llama`` after ``torch.manual_seed(seed)``, saved to ``folder`` as an HF folder (and, with
+    ``sharded``, the same weights in 50 KB shards with an index there)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = tiny_llama(layers=layers, hidden=hidden)
+    model.save_pretrained(folder)
+    if sharded is not None:
+        model.save_pretrained(sharded, max_shard_size="50KB")
     return folder
 
 

@@ -32,7 +32,7 @@ from lora_hub.errors import (
 from lora_hub.formats.hf import read_model_dir
 from lora_hub.formats.peft import read_adapter_dir
 from lora_hub.types import CompatReport, Problem
-from tests.helpers import LLAMA_MODULES, adapter_tensors, write_adapter
+from tests.helpers import LLAMA_MODULES, adapter_tensors, save_llama, tiny_llama_shape, write_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -49,29 +49,6 @@ def _libs() -> tuple[Any, Any, Any]:
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
     return torch, transformers, peft
-
-
-def llama_config(*, layers: int = 2, hidden: int = 32) -> Any:
-    _, transformers, _ = _libs()
-    return transformers.LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-
-
-def save_llama(folder: Path, *, seed: int, layers: int = 2, hidden: int = 32, sharded: Path | None = None) -> Path:
-    """A random tiny LlamaForCausalLM saved to ``folder`` (and, with ``sharded``, in 50 KB shards there)."""
-    torch, transformers, _ = _libs()
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(llama_config(layers=layers, hidden=hidden))
-    model.save_pretrained(folder)
-    if sharded is not None:
-        model.save_pretrained(sharded, max_shard_size="50KB")
-    return folder
 
 
 def save_adapter(model: Any, folder: Path, *, save_kwargs: dict[str, Any] | None = None, **lora: Any) -> Path:
@@ -170,14 +147,7 @@ def build_zoo(root: Path) -> Zoo:
 
     torch.manual_seed(4)
     mistral = root / "mistral"
-    mistral_config = transformers.MistralConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
+    mistral_config = transformers.MistralConfig(**tiny_llama_shape())
     transformers.MistralForCausalLM(mistral_config).save_pretrained(mistral)
 
     torch.manual_seed(5)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lora_hub.cli.main import app
 from lora_hub.types import BaseModelInfo
+from tests.helpers import save_llama
 from tests.test_compat import (
     Q_TARGETS,
     V_TARGETS,
@@ -21,7 +22,6 @@ from tests.test_compat import (
     perturb,
     relative_diffs,
     save_adapter,
-    save_llama,
 )
 
 runner = CliRunner()

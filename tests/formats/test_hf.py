@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 
 from lora_hub.errors import InvalidModelError
 from lora_hub.formats.hf import read_model_dir
-from tests.helpers import TouchOnUnpickle
+from tests.helpers import TouchOnUnpickle, save_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,22 +25,10 @@ S1, S2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random LlamaForCausalLM saved by transformers: (one file, 50 KB shards with an index)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     single, sharded = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("sharded")
-    model.save_pretrained(single)
-    model.save_pretrained(sharded, max_shard_size="50KB")
-    return single, sharded
+    return save_llama(single, seed=0, sharded=sharded), sharded
 
 
 def shapes_in(shard: Path) -> dict[str, tuple[int, ...]]:

@@ -17,7 +17,15 @@ from safetensors import safe_open
 from lora_hub.errors import InvalidAdapterError, PickleRefusedError, SafetensorsFormatError
 from lora_hub.formats.peft import list_files, lora_scale, pattern_key, read_adapter_dir
 from lora_hub.types import SavedTensor
-from tests.helpers import LLAMA_MODULES, PREFIX, TouchOnUnpickle, adapter_config, adapter_tensors, write_adapter
+from tests.helpers import (
+    LLAMA_MODULES,
+    PREFIX,
+    TouchOnUnpickle,
+    adapter_config,
+    adapter_tensors,
+    tiny_llama,
+    write_adapter,
+)
 
 
 def pickle_payload(marker: Path) -> bytes:
@@ -540,20 +548,6 @@ def test_errors_carry_the_offending_path(tmp_path: Path) -> None:
 # --- real PEFT ----------------------------------------------------------------------------------------------
 
 
-def _tiny_llama() -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    return LlamaForCausalLM(config)
-
-
 def _lora_layers(peft_model: Any) -> dict[str, Any]:
     from peft.tuners.lora import LoraLayer
 
@@ -592,7 +586,7 @@ def peft_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[P
     out: dict[str, tuple[Path, Any]] = {}
     for name, kwargs in PEFT_VARIANTS.items():
         torch.manual_seed(0)
-        model = peft.get_peft_model(_tiny_llama(), peft.LoraConfig(**kwargs))
+        model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(**kwargs))
         folder = tmp_path_factory.mktemp(name)
         model.save_pretrained(folder)
         out[name] = (folder, model)

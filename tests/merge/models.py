@@ -28,11 +28,12 @@ from transformers import (
     BertModel,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
 )
 from transformers.utils import logging as hf_logging
+
+from tests.helpers import tiny_llama
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
@@ -40,18 +41,6 @@ hf_logging.set_verbosity_error()
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
 VOCAB = 128
-
-
-def llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-    )
-    return LlamaForCausalLM(config)
 
 
 def gpt2() -> GPT2LMHeadModel:
@@ -71,7 +60,7 @@ def bert_cls() -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
-FACTORIES: dict[str, Callable[[], PreTrainedModel]] = {"llama": llama, "gpt2": gpt2, "bert": bert_cls}
+FACTORIES: dict[str, Callable[[], PreTrainedModel]] = {"llama": tiny_llama, "gpt2": gpt2, "bert": bert_cls}
 CLASSES: dict[str, type[PreTrainedModel]] = {
     "llama": LlamaForCausalLM,
     "gpt2": GPT2LMHeadModel,

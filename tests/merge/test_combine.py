@@ -27,14 +27,13 @@ from lora_hub import Hub
 from lora_hub.errors import DestinationExistsError, InvalidArgumentError, MergeError
 from lora_hub.merge.methods import METHODS
 from tests.helpers import adapter_config as helper_config
-from tests.helpers import adapter_tensors, write_adapter
+from tests.helpers import adapter_tensors, save_llama, write_adapter
 from tests.merge.test_methods import (
     PREFIX,
     adapter_deltas,
     read_model,
     read_tensors,
     ref_combine,
-    save_llama,
     save_peft_adapter,
     seeded,
 )

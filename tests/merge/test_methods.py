@@ -41,25 +41,9 @@ from safetensors import safe_open
 from lora_hub import Hub
 from lora_hub.errors import InvalidArgumentError
 from lora_hub.merge.methods import METHODS, bernoulli_mask, generator_for, get_method, trim
+from tests.helpers import save_llama
 
-# --- builders: a tiny Llama and real PEFT adapters of it ---------------------------------------
-
-
-def save_llama(folder: Path, *, seed: int = 0) -> Path:
-    """A freshly initialised tiny Llama (float32), saved as an HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+# --- builders: real PEFT adapters of the tiny Llama (tests.helpers.save_llama) -----------------
 
 
 def save_peft_adapter(
