@@ -125,25 +125,21 @@ def build_zoo(root: Path) -> Zoo:
     deep = save_llama(root / "llama-deep", seed=2, layers=4)
     wide = save_llama(root / "llama-wide", seed=3, hidden=64)
 
-    resized = transformers.LlamaForCausalLM.from_pretrained(llama)
-    resized.resize_token_embeddings(136)
-    ad_vocab = save_adapter(
-        resized,
-        root / "ad-vocab",
-        target_modules=["q_proj", "v_proj"],
-        modules_to_save=["embed_tokens", "lm_head"],
-        task_type="CAUSAL_LM",
-        save_kwargs={"save_embedding_layers": False},
-    )
-    resized = transformers.LlamaForCausalLM.from_pretrained(llama)
-    resized.resize_token_embeddings(136)
-    ad_vocab_auto = save_adapter(
-        resized,
-        root / "ad-vocab-auto",
-        target_modules=["q_proj", "v_proj"],
-        modules_to_save=["embed_tokens", "lm_head"],
-        task_type="CAUSAL_LM",
-    )
+    def vocab_adapter(folder: Path, save_kwargs: dict[str, Any] | None = None) -> Path:
+        """q/v + modules_to_save embed_tokens/lm_head on llama after resize_token_embeddings(136)."""
+        resized = transformers.LlamaForCausalLM.from_pretrained(llama)
+        resized.resize_token_embeddings(136)
+        return save_adapter(
+            resized,
+            folder,
+            target_modules=["q_proj", "v_proj"],
+            modules_to_save=["embed_tokens", "lm_head"],
+            task_type="CAUSAL_LM",
+            save_kwargs=save_kwargs,
+        )
+
+    ad_vocab = vocab_adapter(root / "ad-vocab", {"save_embedding_layers": False})
+    ad_vocab_auto = vocab_adapter(root / "ad-vocab-auto")
 
     torch.manual_seed(4)
     mistral = root / "mistral"
