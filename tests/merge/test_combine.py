@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +27,26 @@ from lora_hub import Hub
 from lora_hub.errors import DestinationExistsError, InvalidArgumentError, MergeError
 from lora_hub.merge.methods import METHODS
 from tests.helpers import adapter_config as helper_config
-from tests.helpers import adapter_tensors, save_llama, write_adapter
+from tests.helpers import adapter_tensors, write_adapter
 from tests.merge.test_methods import (
     PREFIX,
     adapter_deltas,
+    build_models,
     read_model,
     read_tensors,
     ref_combine,
     save_peft_adapter,
     seeded,
 )
+from tests.merge.test_methods import Models as MethodsModels
 
 LLAMA_IN_OUT = {"q_proj": (32, 32), "k_proj": (32, 16), "v_proj": (32, 16), "o_proj": (32, 32), "down_proj": (64, 32)}
 
 
 @dataclass(frozen=True)
-class Models:
-    base: Path
-    a: Path  # r=4, alpha=8: q, k, v, o
-    b: Path  # r=8, alpha=16: q, v, down
-    c: Path  # rsLoRA r=8, alpha=4: q, o
+class Models(MethodsModels):
+    """test_methods' base and adapters a, b, c, and more adapters of the same base."""
+
     a2: Path  # r=4, alpha=16: q, k, v, o (same rank and modules as a)
     dora: Path  # DoRA r=4: q, v
     emb1: Path  # r=4: embed_tokens, q
@@ -56,17 +56,16 @@ class Models:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     root = tmp_path_factory.mktemp("combine-models")
-    base = save_llama(root / "base")
+    first = build_models(root)
     attn = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
     def adapter(name: str, seed: int, r: int, alpha: int, targets: list[str], **kw: Any) -> Path:
-        return save_peft_adapter(base, root / name, seed=seed, r=r, lora_alpha=alpha, target_modules=targets, **kw)
+        return save_peft_adapter(
+            first.base, root / name, seed=seed, r=r, lora_alpha=alpha, target_modules=targets, **kw
+        )
 
     return Models(
-        base=base,
-        a=adapter("a", 1, 4, 8, attn),
-        b=adapter("b", 2, 8, 16, ["q_proj", "v_proj", "down_proj"]),
-        c=adapter("c", 3, 8, 4, ["q_proj", "o_proj"], use_rslora=True),
+        **asdict(first),
         a2=adapter("a2", 4, 4, 16, attn),
         dora=adapter("dora", 5, 4, 8, ["q_proj", "v_proj"], use_dora=True),
         emb1=adapter("emb1", 6, 4, 8, ["embed_tokens", "q_proj"]),
