@@ -17,13 +17,11 @@ Example:  python bench/bench_list.py
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +42,7 @@ from lora_hub.catalog.tables import AdapterRow, MetricRow, TagRow, TargetRow, Ve
 from lora_hub.types import AdapterFacts, AdapterLayout, ListQuery, LoraModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
 import _envinfo
 
 RANKS = [4, 8, 16, 32, 64]
@@ -459,9 +458,7 @@ def time_cli(url: str, home: Path, args: list[str], runs: int) -> list[float]:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally: clean-up runs
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/lorahub-bench-list"), help="scratch folder")
+    ap = _common.main_parser(__doc__, Path("/tmp/lorahub-bench-list"))
     ap.add_argument("--names", type=int, default=10_000, help="adapter names (default 10,000)")
     ap.add_argument("--versions", type=int, default=10, help="versions per name (default 10)")
     ap.add_argument("--reps", type=int, default=200, help="timed repetitions per query (default 200)")
@@ -476,12 +473,7 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true", help="SQLite only")
     ap.add_argument("--explain", choices=["slow", "all", "none"], default="slow", help="which queries to explain")
     ap.add_argument("--keep", action="store_true", help="keep the SQLite file and the Postgres database")
-    ap.add_argument(
-        "--max-wait",
-        type=float,
-        default=300.0,
-        help="before each query, wait up to this many seconds for the CPUs to be <15%% busy (0: don't wait)",
-    )
+    _common.add_max_wait(ap, "query")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

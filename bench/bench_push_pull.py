@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
 import _envinfo
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -459,9 +459,7 @@ def fmt_table(res: dict[str, object], runs: int) -> str:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally: clean-up runs
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/lorahub-bench"), help="scratch folder")
+    ap = _common.main_parser(__doc__, Path("/tmp/lorahub-bench"))
     ap.add_argument("--runs", type=int, default=5, help="repetitions of every step (default 5)")
     ap.add_argument("--size-mib", type=int, default=1024, help="approximate adapter size (default 1024)")
     ap.add_argument("--rank", type=int, default=64, help="LoRA rank (default 64)")
@@ -478,12 +476,7 @@ def main() -> None:
         default=0.01,
         help="seconds between samples of RssAnon (0: off; default 0.01)",
     )
-    ap.add_argument(
-        "--max-wait",
-        type=float,
-        default=300.0,
-        help="before each step, wait up to this many seconds for the CPUs to be <15%% busy (0: don't wait)",
-    )
+    _common.add_max_wait(ap, "step")
     ap.add_argument(
         "--prefault-mib",
         type=int,
