@@ -14,7 +14,8 @@ as whole processes:
   floor     safetensors read and write of every tensor (safe_open + save_file), no merge
 
 Runs are interleaved, in an order that rotates every run. Before every run the page cache's
-dirty pages are flushed (`sync`, untimed). Reports the median
+dirty pages are flushed (`sync`) and the inputs are read once, so that each run starts with them
+cached (both untimed). Reports the median
 (and min/max) wall time, peak RSS, and ratios, as a Markdown table.
 """
 
@@ -46,6 +47,20 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
         raise RuntimeError(f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     rss_kb = int(proc.stderr.strip().splitlines()[-1])
     return seconds, rss_kb * 1024
+
+
+def warm_page_cache(folders: list[Path]) -> None:
+    """Read every input file once (untimed), so that every tool starts with its inputs in the page
+    cache. This VM runs DAMON with a `pageout` scheme (/sys/kernel/mm/damon/admin): page-cache
+    pages idle for about a second are reclaimed, at up to 128 MB/s, so without this a run after a
+    long one (PEFT, mergekit) reads part of the model from a disk of about 500 MB/s, and which
+    tool pays for that depends on the order."""
+    for folder in folders:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                with path.open("rb", buffering=0) as f:
+                    while f.read(16 << 20):
+                        pass
 
 
 def make_inputs(work: Path, layers: int) -> tuple[Path, Path]:
@@ -163,6 +178,7 @@ def main() -> None:
                 # Untimed: the previous run's dirty pages are written back first, so that no run
                 # pays for another's writeback.
                 subprocess.run(["sync"], check=False)
+                warm_page_cache([model_dir, adapter_dir])
                 seconds, rss = run_timed(cmd, {**env, **extra})
                 results[key].append((seconds, rss))
                 print(f"run {run + 1}: {key:9s} {seconds:7.2f} s  peak RSS {rss / 1e9:.2f} GB", flush=True)

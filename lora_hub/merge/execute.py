@@ -50,6 +50,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 UNIT_ROUNDOFF = {"F64": 2.0**-53, "F32": 2.0**-24, "F16": 2.0**-11, "BF16": 2.0**-8}
 BLOCK_BYTES_CPU = 4 << 20
 BLOCK_BYTES_CUDA = 64 << 20
+READ_AHEAD_BYTES = 256 << 20
 # ``W += L @ R`` (one addmm) is computed over whole tiles of rows at fixed offsets. A matrix
 # product of a few rows takes other kernel paths than one of many, with other rounding (measured
 # with MKL: 1-7 rows differ, any multiple of 16 agrees), so tiling makes the output bytes
@@ -286,6 +287,7 @@ def _execute(
     writer = _Writer(block_bytes, buffers=4 if cuda else 8, pin=cuda)
     scratch = _Scratch()
     fds: dict[str, int] = {}
+    read_ahead = _ReadAhead(model, [by_name[n] for names in plan.shards for n in names], fds)
     metadata = {"format": "pt", "lorahub_recipe": plan.recipe_digest}
     try:
         for shard_file, names in zip(plan.shard_files, plan.shards, strict=True):
@@ -293,12 +295,9 @@ def _execute(
             # Not fsynced: a merged folder can be recomputed from its recipe, and the catalog
             # checks its content fingerprint before serving it again.
             writer.put("open", ShardWriter(out_dir / shard_file, entries, metadata, durable=False))
-            for i, name in enumerate(names):
+            for name in names:
                 t = by_name[name]
-                if t.source is not None and t.source not in fds:
-                    fds[t.source] = os.open(model.headers[t.source].path, os.O_RDONLY)
-                if i + 1 < len(names):
-                    _prefetch(model, by_name[names[i + 1]], fds)
+                read_ahead.reached(name)
                 if t.copy_as_is:
                     info = model.tensors[name][1]
                     writer.put("copy", fds[t.source], info.start, info.nbytes)  # type: ignore[index]
@@ -343,13 +342,41 @@ def _execute(
     return stats
 
 
-def _prefetch(model: ModelDir, t: TensorPlan, fds: dict[str, int]) -> None:
-    """Ask the kernel to start reading the next tensor while this one is merged."""
-    if t.source is None or t.copy_as_is or t.source not in fds:
-        return
-    info = model.tensors[t.name][1]
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fds[t.source], info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
+class _ReadAhead:
+    """Keeps the kernel reading about ``READ_AHEAD_BYTES`` of base tensors ahead of the merge, in
+    plan order, and opens each base shard once (in ``fds``). Costs next to nothing when the base
+    is in the page cache; when it is not (a first merge, or pages the kernel reclaimed), the disk
+    reads while the compute works, instead of one fault at a time."""
+
+    def __init__(self, model: ModelDir, order: list[TensorPlan], fds: dict[str, int]) -> None:
+        self._model = model
+        self._fds = fds
+        self._order = [t for t in order if t.source is not None]
+        self._index = {t.name: i for i, t in enumerate(self._order)}
+        self._issued = 0  # tensors of ``_order`` asked for so far
+
+    def reached(self, name: str) -> None:
+        """The merge is about to read ``name``: ask for what follows it, up to the window."""
+        at = self._index.get(name)
+        if at is None:
+            return
+        ahead = 0
+        for i in range(at, len(self._order)):
+            if ahead > READ_AHEAD_BYTES:
+                break
+            t = self._order[i]
+            if i >= self._issued:  # the tensor itself always: that also opens its shard
+                self._ask(t)
+                self._issued = i + 1
+            ahead += self._model.tensors[t.name][1].nbytes
+
+    def _ask(self, t: TensorPlan) -> None:
+        assert t.source is not None
+        if t.source not in self._fds:
+            self._fds[t.source] = os.open(self._model.headers[t.source].path, os.O_RDONLY)
+        info = self._model.tensors[t.name][1]
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fds[t.source], info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
 
 
 def _emit(writer: _Writer, result: torch.Tensor, device: torch.device) -> None:

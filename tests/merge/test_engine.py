@@ -408,12 +408,49 @@ def _plan(zoo: Zoo, kind: str, variant: str, dtype: str = "auto") -> tuple[Merge
     return plan, model, [item.weights_path]
 
 
+def test_read_ahead_asks_for_each_base_tensor_once_in_plan_order_within_the_window(
+    zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan, model, paths = _plan(zoo, "llama", "llama-all-linear")
+    asked: list[tuple[str, int, int]] = []
+    at_merge: dict[str, int] = {}
+    real_fadvise, real_merge = os.posix_fadvise, ex._merge_tensor
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        asked.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        real_fadvise(fd, offset, length, advice)
+
+    def merge_tensor(t: Any, *args: Any) -> None:
+        at_merge[t.name] = len(asked)
+        real_merge(t, *args)
+
+    window = 3000
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(ex, "_merge_tensor", merge_tensor)
+    monkeypatch.setattr(ex, "READ_AHEAD_BYTES", window)
+    out = tmp_path / "out"
+    out.mkdir()
+    ex.execute(plan, model, paths, out, device=torch.device("cpu"), base_digests=dict.fromkeys(model.tensors, "x"))
+    by_plan = {t.name: t for t in plan.tensors}
+    order = [by_plan[n] for names in plan.shards for n in names if by_plan[n].source is not None]
+    expected = []
+    for t in order:
+        info = model.tensors[t.name][1]
+        expected.append((str(Path(model.headers[t.source].path).resolve()), info.start, info.nbytes))
+    assert asked == expected  # every tensor once, in the order the merge reads them
+    sizes = [n for _, _, n in expected]
+    for name, count in at_merge.items():
+        k = next(i for i, t in enumerate(order) if t.name == name)
+        assert count > k  # the tensor itself was asked for before it is read
+        assert sum(sizes[k + 1 : count]) <= window + max(sizes)  # and not much more than the window ahead
+
+
 STREAM_CASES = [
     ("llama", "llama-all-linear", "auto"),
     ("gpt2", "gpt2-conv1d", "auto"),
     ("llama", "llama-rslora", "bfloat16"),
 ]
-BLOCKS = (None, 256, 1000, 64)  # default (1 MB: a whole tiny tensor), 1-2 rows, several rows, less than a row
+BLOCKS = (None, 256, 1000, 64)  # default (4 MB: a whole tiny tensor), 1-2 rows, several rows, less than a row
 
 
 def _execute_with_blocks(
