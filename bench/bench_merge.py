@@ -51,9 +51,9 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 def warm_page_cache(folders: list[Path]) -> None:
     """Read every input file once (untimed), so that every tool starts with its inputs in the page
-    cache. This VM runs DAMON with a `pageout` scheme (/sys/kernel/mm/damon/admin): page-cache
-    pages idle for about a second are reclaimed, at up to 128 MB/s, so without this a run after a
-    long one (PEFT, mergekit) reads part of the model from a disk of about 500 MB/s, and which
+    cache. This VM runs DAMON with a `pageout` scheme (/sys/kernel/mm/damon/admin): pages it sees
+    rarely accessed for about a minute are reclaimed, up to 128 MB a second, so without this a
+    run can find part of the model evicted and read it from a disk of about 500 MB/s, and which
     tool pays for that depends on the order."""
     for folder in folders:
         for path in sorted(folder.iterdir()):
