@@ -188,18 +188,24 @@ def main() -> None:
     floor = statistics.median(s for s, _ in results["floor"]) if "floor" in results else None
     peft = statistics.median(s for s, _ in results["peft"]) if "peft" in results else None
     print(f"\nmodel: {args.layers} layers, {model_bytes / 1e9:.2f} GB bf16; {args.runs} runs each\n")
-    print("| tool | median s | min s | max s | vs floor | PEFT / tool | peak RSS GB | RSS / model |")
-    print("|---|---|---|---|---|---|---|---|")
+    # "paired": the median over runs of tool / floor within the same run, which the machine's drift
+    # between runs (the floor itself ranges over 1.5x in a day here) moves less than a ratio of medians.
+    print("| tool | median s | min s | max s | vs floor | vs floor, paired | PEFT / tool | peak RSS GB | RSS / model |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def ratio(value: float | None) -> str:
+        return f"{value:.2f}x" if value else "-"
+
     for key, rows in results.items():
         secs = [s for s, _ in rows]
         med = statistics.median(secs)
         rss = max(r for _, r in rows)
+        paired = (
+            statistics.median(s / f for (s, _), (f, _) in zip(rows, results["floor"], strict=True)) if floor else None
+        )
         print(
-            f"| {key} | {med:.2f} | {min(secs):.2f} | {max(secs):.2f} | "
-            f"{med / floor:.2f}x | {peft / med:.2f}x | {rss / 1e9:.2f} | {rss / model_bytes:.0%} |"
-            if floor and peft
-            else f"| {key} | {med:.2f} | {min(secs):.2f} | {max(secs):.2f} | - | - | {rss / 1e9:.2f} | "
-            f"{rss / model_bytes:.0%} |"
+            f"| {key} | {med:.2f} | {min(secs):.2f} | {max(secs):.2f} | {ratio(floor and med / floor)} | "
+            f"{ratio(paired)} | {ratio(peft and peft / med)} | {rss / 1e9:.2f} | {rss / model_bytes:.0%} |"
         )
     (args.workdir / "merge_results.json").write_text(json.dumps(results))
 
