@@ -482,7 +482,6 @@ def _merge_tensor(
     work = scratch.tensor("work", span, torch.float32, device)
     on_host = device.type == "cpu"
     out_dev = None if on_host else scratch.tensor("out", span, out_dtype, device)
-    check_buf = scratch.tensor("check", span, torch.float32, device) if factors else None
     if factors:
         left, right = _factors(files, factors)
         # Zero rows up to a whole tile, so that every product has a multiple of ROW_TILE rows.
@@ -490,8 +489,9 @@ def _merge_tensor(
         tile = scratch.tensor("tile", ROW_TILE * cols, torch.float32, device).view(ROW_TILE, cols)
         x64 = _probe(t.name, recipe_digest, cols, device)
         x = x64.to(torch.float32)
-        y_out = torch.empty(rows, dtype=torch.float64, device=device)
-        y_base = torch.empty(rows, dtype=torch.float64, device=device)
+        # float32 products, as the block is; widened once per tensor for the float64 comparison
+        y_out = torch.empty(rows, dtype=torch.float32, device=device)
+        y_base = torch.empty(rows, dtype=torch.float32, device=device)
         sq_norm = torch.zeros((), dtype=torch.float64, device=device)
     for r0 in range(0, rows, block_rows):
         r1 = min(rows, r0 + block_rows)
@@ -500,7 +500,7 @@ def _merge_tensor(
         wb = work[:n].view(r1 - r0, cols)
         wb.copy_(raw.view(r1 - r0, cols), non_blocking=True)
         if factors:
-            y_base[r0:r1] = wb @ x
+            torch.mv(wb, x, out=y_base[r0:r1])
             _add_update(wb, r0, r1, left, right, tile)
         if oversized:
             out = wb.to(out_dtype)
@@ -516,10 +516,12 @@ def _merge_tensor(
                 out.copy_(wb)
                 host_out.copy_(out, non_blocking=True)
         if factors:
-            merged = check_buf[:n]  # type: ignore[index]
-            merged.copy_(out.reshape(-1))
-            y_out[r0:r1] = merged.view(r1 - r0, cols) @ x
-            sq_norm += torch.dot(merged, merged)
+            # The block as written, widened back into the work buffer (done with it): the
+            # verification sees the output's bytes, in a buffer that is still in cache.
+            wb.copy_(out.view(r1 - r0, cols))
+            torch.mv(wb, x, out=y_out[r0:r1])
+            flat = wb.view(-1)
+            sq_norm += torch.dot(flat, flat)
         if not oversized:
             event = None
             if not on_host:
@@ -530,9 +532,9 @@ def _merge_tensor(
     if factors:
         # The bound ||W'||_F ||x|| >= || |W'| |x| || keeps the check relative to the weights'
         # scale at the cost of one dot product per block.
-        ref = y_base + _reference(files, factors, x64)
+        ref = y_base.double() + _reference(files, factors, x64)
         bound = math.sqrt(float(sq_norm)) * float(torch.linalg.vector_norm(x64))
-        err = float(torch.linalg.vector_norm(y_out - ref)) / max(bound, 1e-300)
+        err = float(torch.linalg.vector_norm(y_out.double() - ref)) / max(bound, 1e-300)
         _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + cols * 2.0**-23, stats)
 
 
