@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
 
 MERGE_RECORD_FILE = "lorahub_merge.json"
 PARTIAL_MARK = ".lorahub-partial-"
+# Checked before any work; whether torch can use the device is asked once torch has loaded.
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
 
 
 def manifest_digest(files: Iterable[FileEntry]) -> str:
@@ -522,16 +525,16 @@ class Hub:
         ``method`` and ``params`` choose how several adapters combine (``lora_hub.merge.methods``;
         random methods take ``params["seed"]``).
         """
-        from lora_hub.merge import execute as ex
-        from lora_hub.merge.plan import parse_size, plan_merge
+        from lora_hub.merge.plan import open_output, parse_size, plan_merge
 
         progress = progress or NoProgress()
         out = Path(output).absolute()
         if name is not None:
             name = str(AdapterName.parse(name))
+        if not _DEVICE_NAME.fullmatch(device):
+            raise InvalidArgumentError(f"unknown device {device!r}", hint="use auto, cpu or cuda (or cuda:N)")
         if not (out / MERGE_RECORD_FILE).is_file():  # a recorded output may be served again as it is
             _check_destination(out, force)
-        torch_device = ex.pick_device(device)
         base_info, base_label, model = self._open_base(base, progress)
         if model is None:
             raise InvalidModelError(
@@ -572,16 +575,27 @@ class Hub:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(model.files[rel], target)
             _set_config_dtype(tmp, dtype)
-            with progress.task(f"merging {plan.touched} of {len(plan.tensors)} tensors", _plan_bytes(plan)) as advance:
-                stats = ex.execute(
-                    plan,
-                    model,
-                    [a.weights_path for a in inputs],
-                    tmp,
-                    device=torch_device,
-                    base_digests={n: t.digest for n, t in (base_info.tensors or {}).items()},
-                    advance=advance,
-                )
+            output_files = open_output(plan, tmp)
+            try:
+                # Only now: torch loads in about a second, while output_files warms the output's
+                # pages on the other core.
+                from lora_hub.merge import execute as ex
+
+                torch_device = ex.pick_device(device)
+                label = f"merging {plan.touched} of {len(plan.tensors)} tensors"
+                with progress.task(label, _plan_bytes(plan)) as advance:
+                    stats = ex.execute(
+                        plan,
+                        model,
+                        [a.weights_path for a in inputs],
+                        tmp,
+                        device=torch_device,
+                        base_digests={n: t.digest for n, t in (base_info.tensors or {}).items()},
+                        advance=advance,
+                        output=output_files,
+                    )
+            finally:
+                output_files.close()
             _faults.checkpoint("merge.before_rename")
             report = _merge_report(stats)
             merged = compat.describe_model(read_model_dir(tmp), stats.digests)

@@ -39,8 +39,8 @@ from lora_hub.formats.hf import ModelDir
 from lora_hub.formats.safetensors_file import DTYPE_SIZES
 from lora_hub.hashing import format_digest
 from lora_hub.merge.methods import Method, generator_for, get_method
-from lora_hub.merge.plan import BiasOp, DoraOp, FactorOp, MergePlan, ReplaceOp, TensorPlan
-from lora_hub.merge.writer import Entry, ShardWriter, write_index
+from lora_hub.merge.plan import BiasOp, DoraOp, FactorOp, MergePlan, ReplaceOp, TensorPlan, open_output
+from lora_hub.merge.writer import OutputFiles, ShardWriter, write_index
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -51,6 +51,9 @@ UNIT_ROUNDOFF = {"F64": 2.0**-53, "F32": 2.0**-24, "F16": 2.0**-11, "BF16": 2.0*
 BLOCK_BYTES_CPU = 4 << 20
 BLOCK_BYTES_CUDA = 64 << 20
 READ_AHEAD_BYTES = 256 << 20
+# One POSIX_FADV_WILLNEED reads at most max(read_ahead_kb, max_sectors_kb) (measured: 8 MB of a
+# 100 MB range here), so a tensor is asked for in pieces.
+READ_AHEAD_CHUNK = 2 << 20
 # ``W += L @ R`` (one addmm) is computed over whole tiles of rows at fixed offsets. A matrix
 # product of a few rows takes other kernel paths than one of many, with other rounding (measured
 # with MKL: 1-7 rows differ, any multiple of 16 agrees), so tiling makes the output bytes
@@ -135,9 +138,11 @@ class _Writer:
                 except BaseException as exc:
                     self.error = exc
         finally:
-            if shard is not None:
-                shard.abort()
-            self.hash_work.put(None)
+            try:
+                if shard is not None:
+                    shard.abort()
+            finally:
+                self.hash_work.put(None)  # else the hasher, and finish() with it, waits forever
 
     def _hash_loop(self) -> None:
         hasher: Any = None
@@ -251,16 +256,20 @@ def execute(
     base_digests: dict[str, str],
     advance: Callable[[int], None] | None = None,
     block_bytes: int | None = None,
+    output: OutputFiles | None = None,
 ) -> MergeStats:
-    """Write the merged shards and the index into ``out_dir`` (which must exist and be empty)."""
+    """Write the merged shards and the index into ``out_dir`` (which must exist and be empty),
+    through ``output`` if the caller opened it already (``open_output``); closes it."""
+    output = output or open_output(plan, out_dir)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         # The writer and hasher threads need the other core; measured on 2 cores, one torch
         # thread merges a 2.2 GB model in about 3.5 s, two threads in 11 to 20 s.
         torch.set_num_threads(1)
     try:
-        return _execute(plan, model, adapter_paths, out_dir, device, base_digests, advance, block_bytes)
+        return _execute(plan, model, adapter_paths, out_dir, device, base_digests, advance, block_bytes, output)
     finally:
+        output.close()
         torch.set_num_threads(threads)
 
 
@@ -273,6 +282,7 @@ def _execute(
     base_digests: dict[str, str],
     advance: Callable[[int], None] | None,
     block_bytes: int | None,
+    output: OutputFiles,
 ) -> MergeStats:
     started = time.perf_counter()
     cuda = device.type == "cuda"
@@ -288,13 +298,9 @@ def _execute(
     scratch = _Scratch()
     fds: dict[str, int] = {}
     read_ahead = _ReadAhead(model, [by_name[n] for names in plan.shards for n in names], fds)
-    metadata = {"format": "pt", "lorahub_recipe": plan.recipe_digest}
     try:
-        for shard_file, names in zip(plan.shard_files, plan.shards, strict=True):
-            entries = [Entry(n, by_name[n].dtype_out, tuple(by_name[n].shape)) for n in names]
-            # Not fsynced: a merged folder can be recomputed from its recipe, and the catalog
-            # checks its content fingerprint before serving it again.
-            writer.put("open", ShardWriter(out_dir / shard_file, entries, metadata, durable=False))
+        for i, names in enumerate(plan.shards):
+            writer.put("open", output.open(i))
             for name in names:
                 t = by_name[name]
                 read_ahead.reached(name)
@@ -336,8 +342,7 @@ def _execute(
         for fd in fds.values():
             os.close(fd)
     stats.digests.update(writer.hashes)
-    write_index(out_dir, [[Entry(n, by_name[n].dtype_out, tuple(by_name[n].shape)) for n in s] for s in plan.shards],
-                plan.shard_files, {"lorahub_recipe": plan.recipe_digest})  # fmt: skip
+    write_index(out_dir, output.shards, plan.shard_files, {"lorahub_recipe": plan.recipe_digest})
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -375,8 +380,10 @@ class _ReadAhead:
         if t.source not in self._fds:
             self._fds[t.source] = os.open(self._model.headers[t.source].path, os.O_RDONLY)
         info = self._model.tensors[t.name][1]
+        end = info.start + info.nbytes
         with contextlib.suppress(OSError):
-            os.posix_fadvise(self._fds[t.source], info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
+            for at in range(info.start, end, READ_AHEAD_CHUNK):
+                os.posix_fadvise(self._fds[t.source], at, min(READ_AHEAD_CHUNK, end - at), os.POSIX_FADV_WILLNEED)
 
 
 def _emit(writer: _Writer, result: torch.Tensor, device: torch.device) -> None:

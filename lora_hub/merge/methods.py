@@ -39,14 +39,17 @@ import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lora_hub.errors import InvalidArgumentError
 
-Deltas = Sequence[torch.Tensor]
-CombineFn = Callable[[Deltas, Sequence[float], Mapping[str, Any], torch.Generator | None], torch.Tensor]
+# torch is imported inside the functions that compute: planning a merge reads this registry, and
+# the merge starts on its output files (``lora_hub.merge.writer.OutputFiles``) while torch loads.
+if TYPE_CHECKING:
+    import torch
+
+    Deltas = Sequence[torch.Tensor]
+    CombineFn = Callable[[Deltas, Sequence[float], Mapping[str, Any], torch.Generator | None], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -138,17 +141,23 @@ class Method:
 
 def generator_for(seed: int, key: str) -> torch.Generator:
     """A CPU generator per (seed, key): the same draws on every run, device and tensor order."""
+    import torch
+
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the ``round(density * n)`` entries largest in magnitude (ties at the threshold kept)."""
+    import torch
+
     return torch.where(delta.abs() >= _trim_threshold(delta, density), delta, torch.zeros_like(delta))
 
 
 def _trim_threshold(delta: torch.Tensor, density: float) -> torch.Tensor:
     """The magnitude at which ``trim`` cuts: ``trim(d) == where(|d| >= threshold, d, 0)``."""
+    import torch
+
     n = delta.numel()
     k = round(density * n)
     if k >= n:
@@ -163,6 +172,8 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     entries is slow (0.3 s for 11.5M); a sample brackets the answer, one counting pass
     checks the bracket, and the selection runs inside it. A bracket that misses falls back to the
     full selection, so the sample only decides the speed."""
+    import torch
+
     n = values.numel()
     if n <= 1 << 20:
         return values.kthvalue(n - k + 1).values
@@ -184,12 +195,16 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
 
 def bernoulli_mask(shape: torch.Size, density: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """Keep each entry with probability ``density``, drawn on the CPU so any device agrees."""
+    import torch
+
     return (torch.rand(shape, generator=gen, dtype=torch.float32) < density).to(device)
 
 
 def _linear(
     deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: torch.Generator | None
 ) -> torch.Tensor:
+    import torch
+
     scale = params.get("lambda", 1.0)
     return sum((d * (w * scale) for d, w in zip(deltas, weights, strict=True)), torch.zeros_like(deltas[0]))
 
@@ -203,6 +218,8 @@ def _disjoint_merge(
     """TIES' sign election and disjoint mean over ``weighted(i, chunk) = (w_i t_i).flatten()[chunk]``.
     Computed chunk by chunk: elementwise passes over whole float64 updates (eight of a 5632x2048
     projection are 740 MB) spent most of their time page-faulting fresh temporaries."""
+    import torch
+
     out = torch.empty_like(like)
     flat = out.view(-1)
     for start in range(0, flat.numel(), _CHUNK):
@@ -227,6 +244,8 @@ def _magnitude_prune(deltas: Deltas, weights: Sequence[float], params: Mapping[s
 
 
 def _ties(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: Any) -> torch.Tensor:
+    import torch
+
     thresholds = [_trim_threshold(d, params["density"]) for d in deltas]
 
     def weighted(i: int, chunk: slice) -> torch.Tensor:  # w_i trim_d(delta_i)

@@ -18,6 +18,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +29,7 @@ from lora_hub.formats.hf import ModelDir
 from lora_hub.formats.safetensors_file import FLOAT_DTYPES
 from lora_hub.hashing import hash_bytes
 from lora_hub.merge.methods import get_method
-from lora_hub.merge.writer import Entry, shard_names, split_into_shards
+from lora_hub.merge.writer import Entry, OutputFiles, shard_names, split_into_shards
 from lora_hub.types import AdapterFacts, AdapterLayout
 
 PLAN_FORMAT = 2  # bump when the same recipe would produce different bytes
@@ -138,6 +139,15 @@ class MergePlan(_Frozen):
     @property
     def touched(self) -> int:
         return sum(1 for t in self.tensors if t.ops)
+
+
+def open_output(plan: MergePlan, folder: Path) -> OutputFiles:
+    """Create the plan's output shards in ``folder`` (see ``OutputFiles``), each shard's metadata
+    naming the recipe. Not fsynced: a merged folder can be recomputed from its recipe, and the
+    catalog checks its content fingerprint before serving it again."""
+    by_name = {t.name: t for t in plan.tensors}
+    shards = [[Entry(n, by_name[n].dtype_out, tuple(by_name[n].shape)) for n in names] for names in plan.shards]
+    return OutputFiles(folder, plan.shard_files, shards, {"format": "pt", "lorahub_recipe": plan.recipe_digest})
 
 
 def parse_size(text: str | int) -> int:

@@ -5,14 +5,19 @@ every offset) is written first; the tensors then follow in order, as bytes from 
 kernel-side copy (``copy_file_range``) out of a base shard, which never enters user space.
 Shards are named as Hugging Face names them (``model-00001-of-00003.safetensors``; a single
 shard is ``model.safetensors``), and ``model.safetensors.index.json`` lists where each tensor is.
+
+``OutputFiles`` creates a merge's shards at their final size before the first tensor is ready,
+and brings their pages into the page cache ahead of the writes (see there for why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,25 +69,54 @@ def build_header(entries: Sequence[Entry], metadata: dict[str, str]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-class ShardWriter:
-    """Writes one shard: ``write``/``copy_range`` each tensor in header order, then ``close``."""
+def shard_size(entries: Sequence[Entry], metadata: dict[str, str]) -> int:
+    """The size in bytes of the shard holding ``entries``, header included."""
+    return len(build_header(entries, metadata)) + sum(e.nbytes for e in entries)
 
-    def __init__(self, path: Path, entries: Sequence[Entry], metadata: dict[str, str], *, durable: bool = True) -> None:
+
+class ShardWriter:
+    """Writes one shard: ``write``/``copy_range`` each tensor in header order, then ``close``.
+
+    The file is created, or with ``presized`` it already exists at its final size (holes, see
+    ``OutputFiles``) and is written over from the start. ``on_write(n)`` hears of every ``n``
+    bytes written, from the thread that writes."""
+
+    def __init__(
+        self,
+        path: Path,
+        entries: Sequence[Entry],
+        metadata: dict[str, str],
+        *,
+        durable: bool = True,
+        presized: bool = False,
+        on_write: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
         self.durable = durable
         self.entries = list(entries)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._on_write = on_write
+        self._written = 0
         header = build_header(self.entries, metadata)
-        self._write_all(header)
         self._expected = len(header) + sum(e.nbytes for e in self.entries)
+        self._fd = os.open(path, os.O_WRONLY if presized else os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        if presized and os.fstat(self._fd).st_size != self._expected:
+            os.close(self._fd)
+            raise ValueError(f"{path.name}: the file was not created at the size of its header's tensors")
         self._index = 0
         self._remaining = self.entries[0].nbytes if self.entries else 0
+        self._write_all(header)
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
+            self._wrote(n)
+
+    def _wrote(self, n: int) -> None:
+        self._written += n
+        if self._on_write is not None:
+            self._on_write(n)
 
     def _account(self, n: int) -> None:
         while n:
@@ -110,21 +144,30 @@ class ShardWriter:
             except OSError:
                 n = 0
             if n <= 0:  # not supported across these filesystems: a plain buffered copy
-                self._write_all(os.pread(src_fd, min(8 << 20, nbytes - done), offset + done))
                 n = min(8 << 20, nbytes - done)
+                self._write_all(os.pread(src_fd, n, offset + done))
+            else:
+                self._wrote(n)
             done += n
 
     def close(self) -> None:
         try:
-            if self._index < len(self.entries) or os.fstat(self._fd).st_size != self._expected:
+            if (
+                self._index < len(self.entries)
+                or self._written != self._expected
+                or os.fstat(self._fd).st_size != self._expected
+            ):
                 raise ValueError(f"{self.path.name}: written size does not match the header")
             if self.durable:
                 os.fsync(self._fd)
         finally:
-            os.close(self._fd)
+            self.abort()
 
     def abort(self) -> None:
-        os.close(self._fd)
+        """Close the file, written or not (again: nothing; the descriptor may be another's now)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def write_index(
@@ -138,3 +181,96 @@ def write_index(
         "weight_map": dict(sorted(weight_map.items())),
     }
     (folder / INDEX_NAME).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+WARM_AHEAD_BYTES = 1 << 30
+_WARM_CHUNK = 32 << 20
+
+
+class OutputFiles:
+    """A merge's output shards, created at their final size before the first tensor is ready, and
+    a thread that brings their pages into the page cache ahead of the writes.
+
+    Why: where freed memory goes back to the host (a VM with free page reporting, such as the
+    one the benchmarks run on), the first touch of every page of fresh page cache traps to the
+    host. Writing 2.2 GB into a new file took 4.4 to 6.9 s there, and 0.7 to 1.8 s into pages
+    already cached. The files are created sparse, so their pages are holes: reading them caches
+    zeroed, clean pages and changes nothing on disk, and a write that comes first just finds
+    its page written. The thread reads through ``sendfile`` into ``/dev/null`` (no copy, and the
+    GIL released), starting while ``import torch`` keeps one core busy and the other idle.
+    It stays at most ``warm_ahead`` bytes (capped at a quarter of the free memory) ahead of what
+    the writers have written, so a model larger than memory does not evict what the merge still
+    needs. It only saves time: where it fails, the writes allocate their pages themselves.
+
+    ``open(i)`` gives the writer of shard ``i``; ``close()`` stops the thread (always call it)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        names: Sequence[str],
+        shards: Sequence[Sequence[Entry]],
+        metadata: dict[str, str],
+        *,
+        warm_ahead: int = WARM_AHEAD_BYTES,
+    ) -> None:
+        self.paths = [folder / n for n in names]
+        self.shards = [list(s) for s in shards]
+        self.metadata = dict(metadata)
+        self.sizes = [shard_size(s, self.metadata) for s in self.shards]
+        self.written = 0  # bytes written so far, over all shards in order (by the writer thread)
+        self.warmed = 0  # bytes brought into the page cache so far, likewise
+        for path, size in zip(self.paths, self.sizes, strict=True):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+        with contextlib.suppress(OSError, ValueError):
+            warm_ahead = min(warm_ahead, os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
+        self._window = warm_ahead
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if warm_ahead > 0 and hasattr(os, "sendfile"):
+            self._thread = threading.Thread(target=self._warm, name="lorahub-warmer", daemon=True)
+            self._thread.start()
+
+    def open(self, i: int) -> ShardWriter:
+        return ShardWriter(
+            self.paths[i], self.shards[i], self.metadata, durable=False, presized=True, on_write=self._wrote
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _wrote(self, n: int) -> None:
+        self.written += n
+
+    def _warm(self) -> None:
+        with contextlib.suppress(OSError):
+            sink = os.open(os.devnull, os.O_WRONLY)
+            try:
+                start = 0  # where the current file begins, counted over all shards
+                for path, size in zip(self.paths, self.sizes, strict=True):
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        pos = max(0, self.written - start)  # what is written needs no warming
+                        while pos < size and not self._stop.is_set():
+                            room = self._window - (start + pos - self.written)
+                            if room <= 0:
+                                self._stop.wait(0.02)  # the writers catch up in milliseconds
+                                continue
+                            sent = os.sendfile(sink, fd, pos, min(_WARM_CHUNK, size - pos, room))
+                            if sent <= 0:
+                                return
+                            pos += sent
+                            self.warmed = start + pos
+                    finally:
+                        os.close(fd)
+                    if self._stop.is_set():
+                        return
+                    start += size
+            finally:
+                os.close(sink)

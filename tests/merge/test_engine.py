@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,13 @@ import torch
 from safetensors.torch import load_file
 
 from lora_hub import Hub
-from lora_hub.errors import ConflictError, DestinationExistsError, IncompatibleError, MergeError
+from lora_hub.errors import (
+    ConflictError,
+    DestinationExistsError,
+    IncompatibleError,
+    InvalidArgumentError,
+    MergeError,
+)
 from lora_hub.formats.hf import read_model_dir
 from lora_hub.formats.peft import read_adapter_dir
 from lora_hub.merge import execute as ex
@@ -424,25 +433,34 @@ def test_read_ahead_asks_for_each_base_tensor_once_in_plan_order_within_the_wind
         at_merge[t.name] = len(asked)
         real_merge(t, *args)
 
-    window = 3000
+    window, chunk = 3000, 500
     monkeypatch.setattr(os, "posix_fadvise", fadvise)
     monkeypatch.setattr(ex, "_merge_tensor", merge_tensor)
     monkeypatch.setattr(ex, "READ_AHEAD_BYTES", window)
+    monkeypatch.setattr(ex, "READ_AHEAD_CHUNK", chunk)
     out = tmp_path / "out"
     out.mkdir()
     ex.execute(plan, model, paths, out, device=torch.device("cpu"), base_digests=dict.fromkeys(model.tensors, "x"))
     by_plan = {t.name: t for t in plan.tensors}
     order = [by_plan[n] for names in plan.shards for n in names if by_plan[n].source is not None]
-    expected = []
-    for t in order:
+    # Every tensor once, in the order the merge reads them; in pieces of at most ``chunk``, as
+    # the kernel reads only so much per call.
+    expected: list[tuple[str, int, int]] = []
+    tensor_of_piece: list[int] = []
+    for k, t in enumerate(order):
         info = model.tensors[t.name][1]
-        expected.append((str(Path(model.headers[t.source].path).resolve()), info.start, info.nbytes))
-    assert asked == expected  # every tensor once, in the order the merge reads them
-    sizes = [n for _, _, n in expected]
+        path = str(Path(model.headers[t.source].path).resolve())
+        for at in range(info.start, info.start + info.nbytes, chunk):
+            expected.append((path, at, min(chunk, info.start + info.nbytes - at)))
+            tensor_of_piece.append(k)
+    assert any(info.nbytes > chunk for _, info in model.tensors.values())
+    assert asked == expected
+    sizes = [model.tensors[t.name][1].nbytes for t in order]
     for name, count in at_merge.items():
         k = next(i for i, t in enumerate(order) if t.name == name)
-        assert count > k  # the tensor itself was asked for before it is read
-        assert sum(sizes[k + 1 : count]) <= window + max(sizes)  # and not much more than the window ahead
+        asked_tensors = tensor_of_piece[count - 1] + 1
+        assert asked_tensors > k  # the tensor itself was asked for before it is read
+        assert sum(sizes[k + 1 : asked_tensors]) <= window + max(sizes)  # and not much more than the window ahead
 
 
 STREAM_CASES = [
@@ -545,3 +563,77 @@ def test_a_shard_shorter_than_its_tensor_is_a_merge_error(tmp_path: Path) -> Non
     finally:
         scratch.close()
         os.close(fd)
+
+
+def test_a_shard_that_fails_to_close_ends_the_merge_with_its_error(
+    zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread's failure reaches the caller; it used to leave the hasher waiting, and
+    the merge with it, forever."""
+    from lora_hub.merge.writer import ShardWriter
+
+    def full(self: ShardWriter) -> None:
+        self.abort()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "close", full)
+    plan, model, paths = _plan(zoo, "llama", "llama-all-linear")
+    out = tmp_path / "out"
+    out.mkdir()
+    raised: list[BaseException] = []
+
+    def merge() -> None:
+        try:
+            digests = dict.fromkeys(model.tensors, "x")
+            ex.execute(plan, model, paths, out, device=torch.device("cpu"), base_digests=digests)
+        except BaseException as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=merge, daemon=True)
+    worker.start()
+    worker.join(timeout=120)  # a bound for a broken build only: the merge takes well under a second
+    assert not worker.is_alive(), "the merge hangs after a shard failed to close"
+    assert len(raised) == 1 and isinstance(raised[0], OSError) and "No space left" in str(raised[0])
+
+
+def test_an_unknown_device_is_refused_before_any_work(
+    sqlite_hub: Hub, zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_execute(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(InvalidArgumentError, match="unknown device 'gpu'"):
+        sqlite_hub.merge(zoo.base("llama"), [str(zoo.adapter("llama-all-linear"))], out, device="gpu")
+    assert not out.exists() and partials(tmp_path) == []
+
+
+WATCH_TORCH = """
+import importlib.abc, sys
+from pathlib import Path
+from lora_hub import Hub
+
+base, adapter, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+seen = []
+
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:  # what the merge has made when torch starts to load
+            seen.append(sorted(p.name for d in work.iterdir() if ".lorahub-partial-" in d.name for p in d.iterdir()))
+        return None
+
+sys.meta_path.insert(0, Watch())
+with Hub(work / "home", database_url=f"sqlite:///{work / 'c.db'}") as hub:
+    hub.merge(base, [adapter], work / "out", shard_size="40KB")
+print(seen)
+"""
+
+
+def test_the_merge_creates_its_output_shards_before_torch_loads(zoo: Zoo, tmp_path: Path) -> None:
+    """The output's pages are warmed (``OutputFiles``) while torch loads, which takes a second
+    that would otherwise keep the second core idle: planning must not need torch."""
+    base, adapter = zoo.base("llama"), zoo.adapter("llama-all-linear")
+    proc = subprocess.run([sys.executable, "-c", WATCH_TORCH, str(base), str(adapter), str(tmp_path)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    [seen] = json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"'))
+    shards = sorted(p.name for p in (tmp_path / "out").glob("model-*.safetensors"))
+    assert len(shards) > 1 and set(shards) <= set(seen)
+    assert "config.json" in seen
