@@ -121,6 +121,14 @@ def main() -> None:
     parser.add_argument("--mergekit", type=Path, default=None, help="a venv with mergekit installed")
     parser.add_argument("--only", default="lorahub,lorahub-folder,peft,mergekit,floor")
     parser.add_argument("--threads", type=int, default=0, help="OMP/torch threads (0: torch's default)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait before each run, so that the memory the previous run freed has gone back to the host "
+        "(this VM reports free pages to it, 2 s after they are freed): every run then starts as a first merge on "
+        "a fresh VM does, and pays for faulting in all the memory it touches",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model_dir, adapter_dir = make_inputs(args.workdir, args.layers)
@@ -178,6 +186,8 @@ def main() -> None:
                 # Untimed: the previous run's dirty pages are written back first, so that no run
                 # pays for another's writeback.
                 subprocess.run(["sync"], check=False)
+                if args.settle:
+                    time.sleep(args.settle)
                 warm_page_cache([model_dir, adapter_dir])
                 seconds, rss = run_timed(cmd, {**env, **extra})
                 results[key].append((seconds, rss))
@@ -187,7 +197,8 @@ def main() -> None:
         return
     floor = statistics.median(s for s, _ in results["floor"]) if "floor" in results else None
     peft = statistics.median(s for s, _ in results["peft"]) if "peft" in results else None
-    print(f"\nmodel: {args.layers} layers, {model_bytes / 1e9:.2f} GB bf16; {args.runs} runs each\n")
+    settle = f", {args.settle:g} s settle before each run" if args.settle else ""
+    print(f"\nmodel: {args.layers} layers, {model_bytes / 1e9:.2f} GB bf16; {args.runs} runs each{settle}\n")
     # "paired": the median over runs of tool / floor within the same run, which the machine's drift
     # between runs (the floor itself ranges over 1.5x in a day here) moves less than a ratio of medians.
     print("| tool | median s | min s | max s | vs floor | vs floor, paired | PEFT / tool | peak RSS GB | RSS / model |")

@@ -183,7 +183,7 @@ def write_index(
     (folder / INDEX_NAME).write_text(json.dumps(doc, indent=2) + "\n")
 
 
-WARM_AHEAD_BYTES = 1 << 30
+WARM_AHEAD_BYTES = 4 << 30
 _WARM_CHUNK = 32 << 20
 
 
