@@ -575,7 +575,7 @@ class Hub:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(model.files[rel], target)
             _set_config_dtype(tmp, dtype)
-            output_files = open_output(plan, tmp)
+            output_files = open_output(plan, tmp, direct=self.settings.direct_io)
             try:
                 # Only now: torch loads in about a second, while output_files warms the output's
                 # pages on the other core.

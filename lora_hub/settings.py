@@ -8,6 +8,8 @@
 | ``LORAHUB_URL``         | unset                                | a ``lorahub serve`` to talk to   |
 | ``LORAHUB_TOKEN``       | unset                                | bearer token for ``LORAHUB_URL`` |
 | ``LORAHUB_DEBUG``       | unset                                | ``1``: the CLI shows tracebacks  |
+| ``LORAHUB_DIRECT_IO``   | ``1``                                | ``0``: merges write through the  |
+|                         |                                      | page cache (see ``merge.writer``)|
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Settings:
     server_url: str | None = None
     token: str | None = None
     debug: bool = False
+    direct_io: bool = True
 
     @classmethod
     def from_env(
@@ -44,4 +47,5 @@ class Settings:
             server_url=env.get("LORAHUB_URL") or None,
             token=env.get("LORAHUB_TOKEN") or None,
             debug=env.get("LORAHUB_DEBUG", "") not in ("", "0", "false", "no"),
+            direct_io=env.get("LORAHUB_DIRECT_IO", "1").lower() not in ("0", "false", "no"),
         )

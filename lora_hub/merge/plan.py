@@ -141,13 +141,14 @@ class MergePlan(_Frozen):
         return sum(1 for t in self.tensors if t.ops)
 
 
-def open_output(plan: MergePlan, folder: Path) -> OutputFiles:
+def open_output(plan: MergePlan, folder: Path, *, direct: bool = True) -> OutputFiles:
     """Create the plan's output shards in ``folder`` (see ``OutputFiles``), each shard's metadata
     naming the recipe. Not fsynced: a merged folder can be recomputed from its recipe, and the
     catalog checks its content fingerprint before serving it again."""
     by_name = {t.name: t for t in plan.tensors}
     shards = [[Entry(n, by_name[n].dtype_out, tuple(by_name[n].shape)) for n in names] for names in plan.shards]
-    return OutputFiles(folder, plan.shard_files, shards, {"format": "pt", "lorahub_recipe": plan.recipe_digest})
+    metadata = {"format": "pt", "lorahub_recipe": plan.recipe_digest}
+    return OutputFiles(folder, plan.shard_files, shards, metadata, direct=direct)
 
 
 def parse_size(text: str | int) -> int:

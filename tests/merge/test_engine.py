@@ -637,3 +637,18 @@ def test_the_merge_creates_its_output_shards_before_torch_loads(zoo: Zoo, tmp_pa
     shards = sorted(p.name for p in (tmp_path / "out").glob("model-*.safetensors"))
     assert len(shards) > 1 and set(shards) <= set(seen)
     assert "config.json" in seen
+
+
+def test_direct_and_buffered_writes_give_the_same_folder(
+    zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LORAHUB_DIRECT_IO=0`` only changes how the bytes reach the disk."""
+    base, adapter = zoo.base("llama"), str(zoo.adapter("llama-all-linear"))
+    got = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("LORAHUB_DIRECT_IO", flag)
+        with Hub(tmp_path / f"home{flag}", database_url=f"sqlite:///{tmp_path / f'c{flag}.db'}") as hub:
+            assert hub.settings.direct_io == (flag == "1")
+            hub.merge(base, [adapter], tmp_path / f"out{flag}", shard_size="40KB")
+        got[flag] = weights(tmp_path / f"out{flag}")
+    assert len(got["1"]) > 2 and got["1"] == got["0"]
