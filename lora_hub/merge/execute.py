@@ -7,7 +7,7 @@ Per target tensor ``W`` (stored ``[rows, cols]``), for each row block::
     out  <- Wb rounded once to the output dtype, into one of a few rotating buffers
 
 A writer thread writes (and hashes) the blocks while the next one is computed, and untouched
-tensors are copied by the kernel (``copy_file_range``), so they never pass through memory here.
+tensors are copied as bytes (``ShardWriter.copy_range``), never decoded.
 Reusing buffers matters: freshly allocated memory page-faults on every block.
 
 Every changed tensor is verified with a random probe ``x``: ``W'x`` against the reference

@@ -1,8 +1,8 @@
 """Safetensors shards written as a stream, with the header computed up front.
 
 Because every tensor's dtype and shape is known before any data is produced, the header (and so
-every offset) is written first; the tensors then follow in order, as bytes from memory or as a
-kernel-side copy (``copy_file_range``) out of a base shard, which never enters user space.
+every offset) is written first; the tensors then follow in order, as bytes from memory or copied
+out of a base shard (by the kernel, ``copy_file_range``, or into a direct writer's buffer).
 Shards are named as Hugging Face names them (``model-00001-of-00003.safetensors``; a single
 shard is ``model.safetensors``), and ``model.safetensors.index.json`` lists where each tensor is.
 
