@@ -577,8 +577,8 @@ class Hub:
             _set_config_dtype(tmp, dtype)
             output_files = open_output(plan, tmp, direct=self.settings.direct_io)
             try:
-                # Only now: torch loads in about a second, while output_files warms the output's
-                # pages on the other core.
+                # Only now: torch loads in about a second, with the output files already made
+                # (and, for buffered writes, their pages being warmed on the other core).
                 from lora_hub.merge import execute as ex
 
                 torch_device = ex.pick_device(device)

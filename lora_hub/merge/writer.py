@@ -232,10 +232,10 @@ class DirectShardWriter(ShardWriter):
             self._wrote(got)
 
     def _flush(self, n: int) -> None:
-        """Write the stage's first ``n`` bytes at ``_flushed``: directly while ``n`` stays aligned."""
+        """Write the stage's first ``n`` bytes (a multiple of ``DIRECT_ALIGN``) at ``_flushed``."""
         pos = 0
         while pos < n:
-            if self._direct >= 0 and n % DIRECT_ALIGN == 0:
+            if self._direct >= 0:
                 try:
                     w = os.pwrite(self._direct, self._view[pos:n], self._flushed + pos)
                 except OSError as exc:
@@ -255,18 +255,13 @@ class DirectShardWriter(ShardWriter):
 
     def close(self) -> None:
         try:
-            aligned = self._fill - self._fill % DIRECT_ALIGN
-            tail = bytes(self._view[aligned : self._fill])
+            fill = self._fill
+            aligned = fill - fill % DIRECT_ALIGN
             if aligned:
                 self._flush(aligned)
-            if tail:
-                self._view[: len(tail)] = tail
-                self._fill = len(tail)
-                direct, self._direct = self._direct, -1  # the last partial block: through the page cache
-                try:
-                    self._flush(len(tail))
-                finally:
-                    self._direct = direct
+            pos = aligned
+            while pos < fill:  # the last partial block: through the page cache
+                pos += os.pwrite(self._fd, self._view[pos:fill], self._flushed + pos - aligned)
         except BaseException:
             self.abort()
             raise
