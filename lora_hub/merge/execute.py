@@ -10,10 +10,12 @@ A writer thread writes (and hashes) the blocks while the next one is computed, a
 tensors are copied as bytes (``ShardWriter.copy_range``), never decoded.
 Reusing buffers matters: freshly allocated memory page-faults on every block.
 
-Every changed tensor is verified with a random probe ``x``: ``W'x`` against the reference
-``Wx + sum_i w_i s_i B_i (A_i x)`` computed in float64 from the adapter tensors as stored (never
-from ``L`` and ``R``). The relative error ``||W'x - ref|| / (||W'||_F ||x||)`` must stay under
-the rounding bound of the output dtype plus float32 accumulation, ``u + cols * 2**-23``.
+Every changed tensor is checked by ``lora_hub.merge.verify`` against an independent
+recomputation of the recipe (a probe over all rows and sampled rows entry by entry for the
+linear methods; the dense methods, DoRA, biases and saved tensors recomputed in float64). The
+engine hands it the output as written: for streamed tensors the products ``Wx`` and ``W'x`` of
+each block with its probe ``x``, the sum of squares of ``W'``, and the sampled rows; otherwise
+the whole tensor (and, for the methods that trim, the thresholds they cut at).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -40,14 +42,17 @@ from lora_hub.formats.safetensors_file import DTYPE_SIZES
 from lora_hub.hashing import format_digest
 from lora_hub.merge.methods import Method, generator_for, get_method
 from lora_hub.merge.plan import BiasOp, DoraOp, FactorOp, MergePlan, ReplaceOp, TensorPlan, open_output
+from lora_hub.merge.verify import Verifier, ensure_coefficients_fit
 from lora_hub.merge.writer import OutputFiles, ShardWriter, write_index
+
+if TYPE_CHECKING:
+    from lora_hub.merge.plan import AdapterInput
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }  # fmt: skip
-UNIT_ROUNDOFF = {"F64": 2.0**-53, "F32": 2.0**-24, "F16": 2.0**-11, "BF16": 2.0**-8}
 BLOCK_BYTES_CPU = 4 << 20
 BLOCK_BYTES_CUDA = 64 << 20
 READ_AHEAD_BYTES = 256 << 20
@@ -79,9 +84,16 @@ class MergeStats:
     tensors_converted: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
-    errors: dict[str, float] = field(default_factory=dict)
-    tolerances: dict[str, float] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
+    # What ``lora_hub.merge.verify`` checked, per changed tensor (``MergeReport`` says what each is).
+    errors: dict[str, float] = field(default_factory=dict)  # worst |error| / bound
+    tolerances: dict[str, float] = field(default_factory=dict)  # 1.0
+    checks: dict[str, list[str]] = field(default_factory=dict)
+    rows_checked: dict[str, int] = field(default_factory=dict)
+    entries_checked: dict[str, int] = field(default_factory=dict)
+    ambiguous: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, list[float | None]] = field(default_factory=dict)
+    not_verified: list[str] = field(default_factory=list)
 
 
 class _Writer:
@@ -229,23 +241,6 @@ def _factors(files: _AdapterFiles, ops: list[FactorOp]) -> tuple[torch.Tensor, t
     return torch.cat(lefts, dim=1).contiguous(), torch.cat(rights, dim=0).contiguous()
 
 
-def _reference(files: _AdapterFiles, ops: list[FactorOp], x: torch.Tensor) -> torch.Tensor:
-    """``sum_i w_i s_i delta_i @ x`` in float64 from A and B as stored, never forming delta."""
-    total = torch.zeros(0, dtype=torch.float64, device=x.device)
-    for op in ops:
-        a, b = files.lora(op, torch.float64)
-        part = (a.t() @ (b.t() @ x)) if op.transposed else (b @ (a @ x))
-        part = part * (op.weight * op.scale)
-        total = part if total.numel() == 0 else total + part
-    return total
-
-
-def _probe(name: str, recipe_digest: str, n: int, device: torch.device) -> torch.Tensor:
-    seed = int(hashlib.sha256(f"{recipe_digest}:{name}".encode()).hexdigest()[:15], 16)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(n, generator=gen, dtype=torch.float64).to(device)
-
-
 def execute(
     plan: MergePlan,
     model: ModelDir,
@@ -254,12 +249,17 @@ def execute(
     *,
     device: torch.device,
     base_digests: dict[str, str],
+    adapters: Sequence[AdapterInput],
     advance: Callable[[int], None] | None = None,
     block_bytes: int | None = None,
     output: OutputFiles | None = None,
 ) -> MergeStats:
     """Write the merged shards and the index into ``out_dir`` (which must exist and be empty),
-    through ``output`` if the caller opened it already (``open_output``); closes it."""
+    through ``output`` if the caller opened it already (``open_output``); closes it.
+    ``adapters`` are the recipe's inputs, in its order: the verification derives every
+    coefficient, scale and orientation from their facts and layouts, not from the plan's ops.
+    A tensor that fails its check raises ``MergeError``; merged values that are not finite
+    raise ``InvalidArgumentError``."""
     output = output or open_output(plan, out_dir)
     threads = torch.get_num_threads()
     if device.type == "cpu":
@@ -267,7 +267,9 @@ def execute(
         # thread merges a 2.2 GB model in about 3.5 s, two threads in 11 to 20 s.
         torch.set_num_threads(1)
     try:
-        return _execute(plan, model, adapter_paths, out_dir, device, base_digests, advance, block_bytes, output)
+        return _execute(
+            plan, model, adapter_paths, out_dir, device, base_digests, adapters, advance, block_bytes, output
+        )
     finally:
         output.close()
         torch.set_num_threads(threads)
@@ -280,6 +282,7 @@ def _execute(
     out_dir: Path,
     device: torch.device,
     base_digests: dict[str, str],
+    adapters: Sequence[AdapterInput],
     advance: Callable[[int], None] | None,
     block_bytes: int | None,
     output: OutputFiles,
@@ -292,6 +295,7 @@ def _execute(
     files = _AdapterFiles(adapter_paths, device)
     by_name = {t.name: t for t in plan.tensors}
     stats = MergeStats()
+    verifier = Verifier(plan, model, adapters, stats, device)
     # Enough blocks in flight that a stall of the writer or the hasher (which share the second
     # core) does not stop the compute at once: 32 MB on CPU; 4 pinned 64 MB blocks on CUDA.
     writer = _Writer(block_bytes, buffers=4 if cuda else 8, pin=cuda)
@@ -311,20 +315,7 @@ def _execute(
                     stats.tensors_copied += 1
                 else:
                     writer.put("begin")
-                    _merge_tensor(
-                        t,
-                        model,
-                        fds,
-                        files,
-                        writer,
-                        device,
-                        block_bytes,
-                        plan.recipe_digest,
-                        stats,
-                        method,
-                        params,
-                        scratch,
-                    )
+                    _merge_tensor(t, model, fds, files, writer, device, block_bytes, verifier, method, params, scratch)
                     writer.put("end", name)
                     stats.tensors_merged += bool(t.ops)
                     stats.tensors_converted += not t.ops
@@ -333,12 +324,14 @@ def _execute(
                     advance(math.prod(t.shape) * DTYPE_SIZES[t.dtype_out])
             writer.put("close")
         writer.finish()
+        verifier.drain()  # the streamed tensors' checks, run beside the compute
     except BaseException:
         with contextlib.suppress(BaseException):
             writer.finish()
         raise
     finally:
         scratch.close()
+        verifier.close()
         for fd in fds.values():
             os.close(fd)
     stats.digests.update(writer.hashes)
@@ -416,24 +409,29 @@ def _merge_tensor(
     writer: _Writer,
     device: torch.device,
     block_bytes: int,
-    recipe_digest: str,
-    stats: MergeStats,
+    verifier: Verifier,
     method: Method,
     params: dict[str, Any],
     scratch: _Scratch,
 ) -> None:
+    ensure_coefficients_fit(t)
     out_dtype = TORCH_DTYPES[t.dtype_out]
     replace = [op for op in t.ops if isinstance(op, ReplaceOp)]
     if replace:
         on_top = [op for op in t.ops if isinstance(op, FactorOp)]
         if not on_top:
-            _emit(writer, files.get(replace[0].adapter, replace[0].tensor, out_dtype), device)
+            out = files.get(replace[0].adapter, replace[0].tensor, out_dtype)
+            verifier.whole(t, out)
+            _emit(writer, out, device)
             return
         start = files.get(replace[0].adapter, replace[0].tensor, torch.float32).reshape(t.shape)
         if method.coefficients is None:
-            _emit(writer, _merge_dense(t, start, on_top, files, method, params, recipe_digest, stats), device)
+            out, thresholds = _merge_dense(t, start, on_top, files, method, params)
+            verifier.whole(t, out, thresholds)
         else:
-            _emit(writer, _merge_whole(t, start, on_top, files, recipe_digest, stats), device)
+            out = _merge_whole(t, start, on_top, files)
+            verifier.whole(t, out)
+        _emit(writer, out, device)
         return
     assert t.source is not None
     info = model.tensors[t.name][1]
@@ -444,16 +442,14 @@ def _merge_tensor(
     factors = [op for op in t.ops if isinstance(op, FactorOp)]
     if factors and method.coefficients is None:
         whole = torch.frombuffer(bytearray(os.pread(fd, info.nbytes, info.start)), dtype=in_dtype).reshape(t.shape)
-        _emit(
-            writer,
-            _merge_dense(t, whole.to(device, torch.float32), factors, files, method, params, recipe_digest, stats),
-            device,
-        )
+        out, thresholds = _merge_dense(t, whole.to(device, torch.float32), factors, files, method, params)
+        verifier.whole(t, out, thresholds)
+        _emit(writer, out, device)
         return
     if dora or biases or len(t.shape) != 2:
         whole = torch.frombuffer(bytearray(os.pread(fd, info.nbytes, info.start)), dtype=in_dtype).reshape(t.shape)
         if dora:
-            result = _merge_dora(t, whole.to(device, torch.float64), dora[0], files, recipe_digest, stats)
+            result = _merge_dora(whole.to(device, torch.float64), dora[0], files)
         else:
             result = whole.to(device, torch.float64 if biases else torch.float32)
             for op in biases:
@@ -462,15 +458,8 @@ def _merge_tensor(
             if factors:
                 raise MergeError(f"{t.name}: LoRA factors on a tensor that is not 2-D")
         out = result.to(out_dtype)
-        if biases:
-            # b' = b + sum_i w_i s_i bias_i, checked in float64 after the one rounding.
-            ref = whole.to(device, torch.float64)
-            for op in biases:
-                ref = ref + files.get(op.adapter, f"base_model.model.{op.module}.lora_B.bias", torch.float64) * (
-                    op.weight * op.scale
-                )
-            norm = max(float(torch.linalg.vector_norm(ref)), 1e-300)
-            _check(t, float(torch.linalg.vector_norm(out.double() - ref)) / norm, UNIT_ROUNDOFF[t.dtype_out], stats)
+        if dora or biases:
+            verifier.whole(t, out)
         _emit(writer, out, device)
         return
 
@@ -494,8 +483,8 @@ def _merge_tensor(
         # Zero rows up to a whole tile, so that every product has a multiple of ROW_TILE rows.
         left = torch.cat([left, left.new_zeros((-rows) % ROW_TILE, left.shape[1])])
         tile = scratch.tensor("tile", ROW_TILE * cols, torch.float32, device).view(ROW_TILE, cols)
-        x64 = _probe(t.name, recipe_digest, cols, device)
-        x = x64.to(torch.float32)
+        check = verifier.streamed(t, device)
+        x = check.x
         # float32 products, as the block is; widened once per tensor for the float64 comparison
         y_out = torch.empty(rows, dtype=torch.float32, device=device)
         y_base = torch.empty(rows, dtype=torch.float32, device=device)
@@ -525,6 +514,7 @@ def _merge_tensor(
         if factors:
             # The block as written, widened back into the work buffer (done with it): the
             # verification sees the output's bytes, in a buffer that is still in cache.
+            check.capture(r0, r1, out.view(r1 - r0, cols))
             wb.copy_(out.view(r1 - r0, cols))
             torch.mv(wb, x, out=y_out[r0:r1])
             flat = wb.view(-1)
@@ -537,12 +527,8 @@ def _merge_tensor(
             writer.put("block", event, buf, n * out_item)
     scratch.release(fd, info.start, info.nbytes)
     if factors:
-        # The bound ||W'||_F ||x|| >= || |W'| |x| || keeps the check relative to the weights'
-        # scale at the cost of one dot product per block.
-        ref = y_base.double() + _reference(files, factors, x64)
-        bound = math.sqrt(float(sq_norm)) * float(torch.linalg.vector_norm(x64))
-        err = float(torch.linalg.vector_norm(y_out.double() - ref)) / max(bound, 1e-300)
-        _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + cols * 2.0**-23, stats)
+        # ||W'||_F, one dot product per block, bounds || |W'| |x| || for the probe's check.
+        check.finish(y_base, y_out, float(sq_norm), span)
 
 
 def _add_update(
@@ -609,24 +595,15 @@ class _Scratch:
         return have[:nbytes].view(dtype)
 
 
-def _merge_whole(
-    t: TensorPlan, w: torch.Tensor, ops: list[FactorOp], files: _AdapterFiles, recipe_digest: str, stats: MergeStats
-) -> torch.Tensor:
-    """``W + L @ R`` for a weight held whole in float32 (a saved base layer), computed and
-    verified like the streamed ones."""
+def _merge_whole(t: TensorPlan, w: torch.Tensor, ops: list[FactorOp], files: _AdapterFiles) -> torch.Tensor:
+    """``W + L @ R`` for a weight held whole in float32 (a saved base layer), computed like the
+    streamed ones."""
     left, right = _factors(files, ops)
     left = torch.cat([left, left.new_zeros((-w.shape[0]) % ROW_TILE, left.shape[1])])
     merged = w.clone()
     tile = torch.empty(ROW_TILE, w.shape[1], dtype=torch.float32, device=w.device)
     _add_update(merged, 0, w.shape[0], left, right, tile)
-    out = merged.to(TORCH_DTYPES[t.dtype_out])
-    x = _probe(t.name, recipe_digest, w.shape[1], w.device)
-    got = out.double()
-    ref = w.double() @ x + _reference(files, ops, x)
-    bound = float(torch.linalg.vector_norm(got)) * float(torch.linalg.vector_norm(x))
-    err = float(torch.linalg.vector_norm(got @ x - ref)) / max(bound, 1e-300)
-    _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + w.shape[1] * 2.0**-23, stats)
-    return out
+    return merged.to(TORCH_DTYPES[t.dtype_out])
 
 
 def _merge_dense(
@@ -636,31 +613,21 @@ def _merge_dense(
     files: _AdapterFiles,
     method: Method,
     params: dict[str, Any],
-    recipe_digest: str,
-    stats: MergeStats,
-) -> torch.Tensor:
-    """``W + combine(delta_1..delta_n)`` for a method that needs the dense updates (TIES, DARE...)."""
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """``W + combine(delta_1..delta_n)`` for a method that needs the dense updates (TIES, DARE...),
+    and the trim thresholds the method used, if it trims (one per op)."""
     deltas = []
     for op in ops:
         a, b = files.lora(op)
         deltas.append(((a.t() @ b.t()) if op.transposed else (b @ a)) * op.scale)
     # Seeded by the adapter's module path, as ``combine`` does, so both draw the same masks.
     gen = generator_for(params["seed"], ops[0].module) if method.random else None
-    combined = method.combine(deltas, [op.weight for op in ops], params, gen)  # type: ignore[misc]
-    out = (w + combined).to(TORCH_DTYPES[t.dtype_out])
-    x = _probe(t.name, recipe_digest, w.shape[1], w.device)
-    ref = w.double() @ x + combined.double() @ x
-    got = out.double()
-    err = float(
-        torch.linalg.vector_norm(got @ x - ref) / max(float(torch.linalg.vector_norm(got.abs() @ x.abs())), 1e-300)
-    )
-    _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + w.shape[1] * 2.0**-23, stats)
-    return out
+    used: dict[str, Any] = {}
+    combined = method.combine(deltas, [op.weight for op in ops], params, gen, used=used)  # type: ignore[misc]
+    return (w + combined).to(TORCH_DTYPES[t.dtype_out]), used.get("thresholds")
 
 
-def _merge_dora(
-    t: TensorPlan, w: torch.Tensor, op: DoraOp, files: _AdapterFiles, recipe_digest: str, stats: MergeStats
-) -> torch.Tensor:
+def _merge_dora(w: torch.Tensor, op: DoraOp, files: _AdapterFiles) -> torch.Tensor:
     """``m / ||W + sBA||_row * (W + sBA)`` in float64, the norm over the input axis of the
     logical ``[out, in]`` weight (stored transposed for fan_in_fan_out and embeddings)."""
     a, b = files.lora(op, torch.float64)
@@ -670,22 +637,4 @@ def _merge_dora(
     magnitude = files.magnitude(op)
     norm = torch.linalg.vector_norm(combined, dim=1)
     merged = combined * (magnitude / norm).unsqueeze(1)
-    result = merged.t() if op.transposed else merged
-    out = result.to(TORCH_DTYPES[t.dtype_out])
-    # verify with the probe against the definition, factor form: m/n * (W x + s B (A x))
-    x = _probe(t.name, recipe_digest, logical.shape[1], w.device)
-    ref = (magnitude / norm) * (logical @ x + op.scale * (b @ (a @ x)))
-    got_logical = out.to(torch.float64).t() if op.transposed else out.to(torch.float64)
-    err = float(torch.linalg.vector_norm(got_logical @ x - ref) / torch.linalg.vector_norm(got_logical.abs() @ x.abs()))
-    _check(t, err, UNIT_ROUNDOFF[t.dtype_out] + logical.shape[1] * 2.0**-50, stats)
-    return out
-
-
-def _check(t: TensorPlan, err: float, tol: float, stats: MergeStats) -> None:
-    stats.errors[t.name] = err
-    stats.tolerances[t.name] = tol
-    if not err <= tol:
-        raise MergeError(
-            f"verification failed for {t.name}: relative error {err:.3g} exceeds the tolerance {tol:.3g}",
-            hint="nothing was registered; report this with LORAHUB_DEBUG=1",
-        )
+    return merged.t() if op.transposed else merged
