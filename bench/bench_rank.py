@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--mergekit", type=Path, default=None, help="a venv with mergekit installed")
     parser.add_argument("--only", default="lorahub,lorahub-registered,lorahub-bf16,mergekit")
+    parser.add_argument("--mergekit-runs", type=int, default=None, help="run mergekit in the first N runs only")
     parser.add_argument("--max-wait", type=float, default=120.0, help="seconds to wait for quiet CPUs before a run")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +180,8 @@ def main() -> None:
     optimum = optimal_errors(args.workdir, deltas, args.rank)
     for run in range(args.runs):
         for key in wanted[run % len(wanted) :] + wanted[: run % len(wanted)]:
+            if key == "mergekit" and args.mergekit_runs is not None and run >= args.mergekit_runs:
+                continue
             with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
                 out, home = Path(scratch) / "out", Path(scratch) / "home"
                 cmd, extra = command(key, out, home, run)

@@ -212,7 +212,7 @@ def extract(
     out.print(f"{v.ref}  {v.digest}  ({state})", markup=False)
     how = f"rank {result.rank}" if result.rank is not None else f"energy {result.energy:g}"
     ranks = sorted(set(result.ranks.values()))
-    saved = f"; {len(result.saved)} tensors kept whole" if result.saved else ""
+    saved = f"; kept whole: {len(result.saved)} tensor{'s' if len(result.saved) != 1 else ''}" if result.saved else ""
     out.print(
         f"  extract at {how}: {len(result.ranks)} modules, rank {'/'.join(map(str, ranks))}{saved}; "
         f"relative error: max {result.max_error:.3g}, mean {result.mean_error:.3g}",

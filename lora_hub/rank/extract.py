@@ -27,15 +27,18 @@ that differ are listed as not captured. The PEFT module path of a weight is
 its checkpoint key without ``.weight`` (``model.layers.0.self_attn.q_proj.weight`` ->
 ``model.layers.0.self_attn.q_proj``), as ``save_pretrained`` writes them.
 
-Memory stays at a few tensors: two weights are read (``pread``, no mapping) and widened at a
-time, the next pair is read while this one is decomposed, and only the small factors are kept.
+Memory stays at a few tensors per worker: each module's two weights are read (``pread``, no
+mapping), widened and subtracted, decomposed, and dropped; only the small factors are kept. On the
+CPU a few modules are decomposed side by side, each on one torch thread (see ``extract_lora``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +243,44 @@ def _truncate(
     return u, s, v, min(k, s.numel())
 
 
+def _one(
+    t: Target,
+    base: ModelDir,
+    tuned: ModelDir,
+    rank: int | None,
+    energy: float | None,
+    seed: int,
+    device: torch.device,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """(A, B, k, relative error) of one target."""
+    d = read_weight(tuned, t.key).to(device, torch.float32)
+    d.sub_(read_weight(base, t.key).to(device, torch.float32))
+    m = d.t() if t.transposed else d
+    u, s, v, k = _truncate(m, rank, energy, generator_for(seed, "extract:" + t.module))
+    a, b = _split(u, s, v, k)
+    a, b = a.to(out_dtype).contiguous(), b.to(out_dtype).contiguous()
+    norm = float(torch.linalg.matrix_norm(m))
+    residual = torch.addmm(m, b.to(m.dtype), a.to(m.dtype), alpha=-1)
+    error = float(torch.linalg.matrix_norm(residual)) / norm if norm > 0 else 0.0
+    return a.cpu(), b.cpu(), k, error
+
+
+@contextlib.contextmanager
+def _single_threaded_torch(enabled: bool) -> Iterator[None]:
+    """torch's intra-op threads at 1 on the CPU, where modules are decomposed side by side instead:
+    the products here are thin (``n x (k+10)``), and on a machine whose cores are shared, threads
+    that wait for each other at every one of them made a whole extraction 3x slower than one thread
+    did. One thread per module also makes the bytes independent of the number of cores."""
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def extract_lora(
     plan: ExtractPlan,
     base: ModelDir,
@@ -250,43 +291,37 @@ def extract_lora(
     seed: int = 0,
     device: torch.device | None = None,
     dtype: str = "float32",
+    workers: int | None = None,
     advance: Callable[[int], None] | None = None,
 ) -> Extracted:
-    """The adapter's tensors (PEFT keys), ranks and measured errors, one target at a time."""
+    """The adapter's tensors (PEFT keys), ranks and measured errors. On the CPU, ``workers`` modules
+    (default: one per core, at most 4, which bounds memory at a few tensors per worker) are
+    decomposed at a time, each with one torch thread; on an accelerator one at a time. Each
+    module's draws come from its own generator, so the result does not depend on the order in
+    which modules finish."""
     device = device or torch.device("cpu")
     out_dtype = TORCH_DTYPES[dtype]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if device.type == "cpu" else 1
     result = Extracted(tensors={})
-
-    def load(t: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        return read_weight(base, t.key), read_weight(tuned, t.key)
-
-    with ThreadPoolExecutor(1) as reader:
-        pending = reader.submit(load, plan.targets[0]) if plan.targets else None
-        for i, t in enumerate(plan.targets):
-            assert pending is not None
-            w_base, w_tuned = pending.result()
-            pending = reader.submit(load, plan.targets[i + 1]) if i + 1 < len(plan.targets) else None
-            d = w_tuned.to(device, torch.float32)
-            d.sub_(w_base.to(device, torch.float32))
-            del w_base, w_tuned
-            m = d.t() if t.transposed else d
-            u, s, v, k = _truncate(m, rank, energy, generator_for(seed, "extract:" + t.module))
-            a, b = _split(u, s, v, k)
-            a, b = a.to(out_dtype), b.to(out_dtype)
-            norm = float(torch.linalg.matrix_norm(m))
-            residual = torch.addmm(m, b.to(m.dtype), a.to(m.dtype), alpha=-1)
-            result.errors[t.module] = float(torch.linalg.matrix_norm(residual)) / norm if norm > 0 else 0.0
-            del d, m, residual
-            names = (
-                ("lora_embedding_A", "lora_embedding_B")
-                if t.kind == "embedding"
-                else ("lora_A.weight", "lora_B.weight")
-            )
-            result.tensors[f"{KEY_PREFIX}{t.module}.{names[0]}"] = a.contiguous().cpu()
-            result.tensors[f"{KEY_PREFIX}{t.module}.{names[1]}"] = b.contiguous().cpu()
-            result.ranks[t.module] = k
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    with _single_threaded_torch(device.type == "cpu"), ThreadPoolExecutor(workers) as pool:
+        jobs = {pool.submit(_one, t, base, tuned, rank, energy, seed, device, out_dtype): t for t in plan.targets}
+        for job in as_completed(jobs):
+            t = jobs[job]
+            a, b, k, error = job.result()
+            factors[t.module], result.ranks[t.module], result.errors[t.module] = (a, b), k, error
             if advance:
                 advance(1)
+    for t in plan.targets:  # plan order, whatever order the modules finished in
+        names = (
+            ("lora_embedding_A", "lora_embedding_B") if t.kind == "embedding" else ("lora_A.weight", "lora_B.weight")
+        )
+        a, b = factors.pop(t.module)
+        result.tensors[f"{KEY_PREFIX}{t.module}.{names[0]}"] = a
+        result.tensors[f"{KEY_PREFIX}{t.module}.{names[1]}"] = b
+    result.ranks = {t.module: result.ranks[t.module] for t in plan.targets}
+    result.errors = {t.module: result.errors[t.module] for t in plan.targets}
     for name in plan.saved:
         result.tensors[KEY_PREFIX + name] = read_weight(tuned, name)
     return result
