@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from lora_hub.errors import CatalogError, LoraHubError
+from lora_hub.errors import CatalogError, LoraHubError, SettingsError
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0006"
 BUSY_TIMEOUT_S = 60
 _PG_LOCK_KEY = 0x10_2A_4B_00  # advisory lock id for migrations
 
@@ -40,12 +40,24 @@ def migrations_dir() -> Path:
     raise CatalogError("the Alembic migrations are missing from this installation", hint="reinstall lora-hub")
 
 
+def parse_url(url: str) -> URL:
+    """``url`` parsed, or a ``SettingsError`` that says which setting is wrong."""
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        shown = url if len(url) <= 80 else url[:77] + "..."
+        raise SettingsError(
+            f"cannot read the catalog database URL {shown!r}",
+            hint="set LORAHUB_DATABASE_URL to sqlite:///path/catalog.db or postgresql+psycopg://user@host/db",
+        ) from exc
+
+
 def make_url_safe(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    return parse_url(url).render_as_string(hide_password=True)
 
 
 def make_engine(url: str) -> Engine:
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -75,14 +87,34 @@ def make_engine(url: str) -> Engine:
     )
 
 
+# SQLite's messages for a full disk, a damaged or unwritable file, and a query over its limits.
+_DISK = ("disk i/o error", "database or disk is full", "unable to open database file", "readonly database")
+_TOO_BIG = ("expression tree is too large", "too many sql variables", "too many terms", "string or blob too big")
+
+
 def translate(exc: SQLAlchemyError, url: str) -> CatalogError:
     detail = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    lowered = detail.lower()
+    where = make_url_safe(url)
+    if any(m in lowered for m in _TOO_BIG):
+        return CatalogError(
+            f"the catalog cannot run a query this large ({detail})", hint="use fewer --where conditions or values"
+        )
+    if any(m in lowered for m in _DISK):
+        return CatalogError(
+            f"cannot write or read the catalog database {where}: {detail}",
+            hint="check that its disk has free space and that the file and its folder are writable",
+        )
     if isinstance(exc, OperationalError):
         return CatalogError(
-            f"cannot use the catalog database {make_url_safe(url)}: {detail}",
+            f"cannot use the catalog database {where}: {detail}",
             hint="check LORAHUB_DATABASE_URL and that the server is running",
         )
-    return CatalogError(f"catalog error: {detail}")
+    return CatalogError(
+        f"the catalog database {where} refused an operation: {detail}",
+        hint="rerun with LORAHUB_DEBUG=1; if the catalog was changed by hand or by another version, "
+        "`lorahub db upgrade` may help",
+    )
 
 
 class Database:
@@ -163,7 +195,7 @@ class Database:
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[Connection]:
         if self.is_sqlite:
-            db_path = make_url(self.url).database
+            db_path = parse_url(self.url).database
             lock_path = f"{db_path}.migrate.lock" if db_path and db_path != ":memory:" else None
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644) if lock_path else None
             try:

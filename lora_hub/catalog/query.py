@@ -6,8 +6,10 @@
     sort   := ["-"] field            ("-" for descending)
 
 A field is a fact of the version (``FIELDS``) or else the name of a metric. Numeric fields and
-metrics compare with numbers; ``dtype``, ``task_type`` and ``base_model`` with words or quoted
-strings. A version without the metric never matches a condition on it, and sorts last.
+metrics compare with numbers (``size`` also takes ``50kB``/``2MiB``, ``params`` ``3.6k``/``1.2M``,
+the units ``list`` prints); ``dtype``, ``task_type``, ``base_model``, ``name`` and ``namespace``
+with words or quoted strings, ignoring case. A version without the metric never matches a
+condition on it, and sorts last.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from lora_hub.errors import InvalidArgumentError
 NUMERIC_FIELDS = {"version", "rank", "alpha", "params", "size", "created"}
 TEXT_FIELDS = {"dtype", "task_type", "base_model", "name", "namespace"}
 FIELDS = NUMERIC_FIELDS | TEXT_FIELDS
-METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/@]{0,95}$")
+METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/@]*$")
+MAX_METRIC_NAME = 96
+MAX_CONDITIONS = 64
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40}  # fmt: skip
+_COUNT_UNITS = {"k": 10**3, "m": 10**6, "b": 10**9}
 
 Op = Literal[">=", "<=", ">", "<", "=", "!="]
 
@@ -53,6 +60,10 @@ _TOKEN = re.compile(
 
 
 def check_metric_name(name: str) -> str:
+    if len(name) > MAX_METRIC_NAME:
+        raise InvalidArgumentError(
+            f"metric name {name[:20]!r}... is {len(name):,} characters long; the limit is {MAX_METRIC_NAME}"
+        )
     if not METRIC_NAME.match(name):
         raise InvalidArgumentError(
             f"metric name {name!r} is not valid",
@@ -63,11 +74,14 @@ def check_metric_name(name: str) -> str:
     return name
 
 
-def _number(text: str, where: str) -> float:
+def _number(text: str, where: str, units: dict[str, int] | None = None) -> float:
+    m = re.fullmatch(r"([0-9.eE+\-]+?)\s*([A-Za-z]+)", text)
+    scaled = m is not None and units is not None and m.group(2).lower() in units
     try:
-        value = float(text)
+        value = float(m.group(1)) * units[m.group(2).lower()] if scaled else float(text)  # type: ignore[index,union-attr]
     except ValueError:
-        raise InvalidArgumentError(f"{where}: {text!r} is not a number") from None
+        known = f" (units: {', '.join(units)})" if units else ""
+        raise InvalidArgumentError(f"{where}: {text!r} is not a number{known}") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise InvalidArgumentError(f"{where}: {text!r} is not a finite number")
     return value
@@ -119,7 +133,11 @@ def parse_where(text: str | None) -> list[Condition]:
                 raise InvalidArgumentError(f"--where: {field} compares with numbers, got {raw}")
             if field not in NUMERIC_FIELDS:
                 check_metric_name(field)
-            conds.append(Condition(field, op, _number(raw, f"--where {field}"), field not in FIELDS))  # type: ignore[arg-type]
+            units = _SIZE_UNITS if field == "size" else _COUNT_UNITS if field == "params" else None
+            number = _number(raw, f"--where {field}", units)
+            conds.append(Condition(field, op, number, field not in FIELDS))  # type: ignore[arg-type]
+        if len(conds) > MAX_CONDITIONS:
+            raise InvalidArgumentError(f"--where has more than {MAX_CONDITIONS} conditions", hint="use fewer")
         i += 3
         if i < len(tokens):
             if tokens[i][0] != "sep":
@@ -138,7 +156,7 @@ def parse_sort(text: str | None) -> Sort | None:
         return None
     text = text.strip()
     descending = text.startswith("-")
-    field = text.lstrip("-+")
+    field = text[1:] if text[:1] in "-+" else text
     if field in FIELDS:
         return Sort(field, descending, False)
     check_metric_name(field)

@@ -154,13 +154,14 @@ class BaseFitRow(Base):
 
 
 class FileHashRow(Base):
-    """Cached tensor hashes of a weights file, valid while its size, mtime and inode stay."""
+    """Cached tensor hashes of a weights file, valid while its size, mtime, ctime and inode stay."""
 
     __tablename__ = "file_hashes"
     path: Mapped[str] = mapped_column(String(4096), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     mtime_ns: Mapped[int] = mapped_column(BigInteger, nullable=False)
     inode: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    ctime_ns: Mapped[int | None] = mapped_column(BigInteger)
     digests: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
 
@@ -177,3 +178,24 @@ class MergeRow(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     versions: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class StoreLockRow(Base):
+    """One row, locked (``FOR UPDATE``) by whoever takes or checks a store lease, so that taking
+    a lease is serialised across processes and servers (SQLite serialises writers anyway)."""
+
+    __tablename__ = "store_lock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class StoreLeaseRow(Base):
+    """A writer storing blobs (``write``), or ``gc`` collecting them (``gc_wait`` while it waits
+    for writers to finish, so that new writers wait for it instead of starving it). A lease past
+    ``expires_at`` belongs to a process that died and is ignored."""
+
+    __tablename__ = "store_leases"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    holder: Mapped[str] = mapped_column(String(200), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
