@@ -336,7 +336,7 @@ def is_main(statement: str) -> bool:
 def time_queries(url: str, home: Path, warmup: int, reps: int, profile_reps: int, max_wait: float) -> dict[str, Timing]:
     hub = Hub(home=home, database_url=url)
     try:
-        hub.list(ListQuery(limit=1))  # first open (engine, schema check) excluded
+        hub.list_versions(ListQuery(limit=1))  # first open (engine, schema check) excluded
         engine = hub.catalog.db.engine
 
         def backends() -> list[int]:
@@ -357,13 +357,13 @@ def time_queries(url: str, home: Path, warmup: int, reps: int, profile_reps: int
                 if max_wait > 0:
                     _envinfo.wait_quiet(max_wait=max_wait)
                 for _ in range(warmup):
-                    hub.list(q.query)
+                    hub.list_versions(q.query)
                 samples = []
                 with _envinfo.ForeignCpu(backends, postmaster) as foreign:
                     start = time.perf_counter()
                     for _ in range(reps):
                         t0 = time.perf_counter()
-                        rows = hub.list(q.query)
+                        rows = hub.list_versions(q.query)
                         samples.append((time.perf_counter() - t0) * 1000)
                     block = time.perf_counter() - start
                 if foreign.seconds <= NOISY_SHARE * block or attempt == RETRIES:
@@ -378,7 +378,7 @@ def time_queries(url: str, home: Path, warmup: int, reps: int, profile_reps: int
                     rec.calls.clear()
                     rec.on = True
                     t0 = time.perf_counter()
-                    hub.list(q.query)
+                    hub.list_versions(q.query)
                     total = (time.perf_counter() - t0) * 1000
                     rec.on = False
                     main = [c for c in rec.calls if is_main(c[0])]

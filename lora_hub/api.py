@@ -11,32 +11,32 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_hub import _faults, compat
-from lora_hub._fs import fsync_dir, pid_alive
+from lora_hub._fs import OUTPUT_MARK, PartialRegistry, Protected, Replace, prepare_output, staged_output
 from lora_hub.catalog import Catalog
 from lora_hub.catalog.query import check_metric_name
 from lora_hub.errors import (
     BaseNotFoundError,
     ConflictError,
-    DestinationExistsError,
     IncompatibleError,
     IntegrityError,
     InvalidAdapterError,
     InvalidArgumentError,
     InvalidModelError,
     LoraHubError,
-    MergeError,
     NotFoundError,
+    NotSupportedError,
+    StoreError,
 )
 from lora_hub.formats.hf import ModelDir, model_from_files, read_model_dir
-from lora_hub.formats.peft import read_adapter_dir
+from lora_hub.formats.peft import WEIGHTS_NAME, read_adapter_dir, write_adapter_dir
 from lora_hub.formats.safetensors_file import nonfinite_tensors
 from lora_hub.hashing import hash_bytes, hash_file
 from lora_hub.progress import NoProgress, Progress
@@ -48,8 +48,10 @@ from lora_hub.types import (
     BaseAddResult,
     BaseFile,
     BaseModelInfo,
+    BlobCheck,
     CombineResult,
     CompatReport,
+    DbStatus,
     FileEntry,
     GcReport,
     ListQuery,
@@ -58,13 +60,18 @@ from lora_hub.types import (
     MergeResult,
     PullResult,
     PushResult,
+    VerifyReport,
+    VersionPage,
+    human_bytes,
 )
 
 if TYPE_CHECKING:
+    from lora_hub.export.exporter import ExporterInfo
+    from lora_hub.export.run import ExportResult
     from lora_hub.merge.plan import AdapterInput, MergePlan
+    from lora_hub.rank.types import ExtractResult, RankAnalysis, ReduceResult
 
 MERGE_RECORD_FILE = "lorahub_merge.json"
-PARTIAL_MARK = ".lorahub-partial-"
 # Checked before any work; whether torch can use the device is asked once torch has loaded.
 _DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
 
@@ -86,18 +93,25 @@ def check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def parse_metric_args(items: Sequence[str]) -> dict[str, float]:
-    """``["accuracy=0.81", "bleu=31.2"]`` -> ``{"accuracy": 0.81, "bleu": 31.2}``."""
-    out: dict[str, float] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or not raw:
-            raise InvalidArgumentError(f"metric {item!r} is not KEY=VALUE", hint="e.g. --metric accuracy=0.81")
-        try:
-            out[key.strip()] = float(raw)
-        except ValueError:
-            raise InvalidArgumentError(f"metric {key}: {raw!r} is not a number") from None
-    return check_metrics(out)
+MAX_DESCRIPTION = 10_000
+
+
+def check_description(text: str | None) -> str | None:
+    """A description is free text of at most ``MAX_DESCRIPTION`` characters, without control
+    characters other than newline and tab (an escape sequence would reach every reader's terminal)."""
+    if text is None:
+        return None
+    if len(text) > MAX_DESCRIPTION:
+        raise InvalidArgumentError(
+            f"the description is {len(text):,} characters long; the limit is {MAX_DESCRIPTION:,}"
+        )
+    bad = sorted({f"U+{ord(c):04X}" for c in text if not c.isprintable() and c not in "\n\t"})
+    if bad:
+        raise InvalidArgumentError(
+            f"the description holds control characters ({', '.join(bad[:5])})",
+            hint="use plain text; newlines and tabs are allowed",
+        )
+    return text
 
 
 class Hub:
@@ -117,6 +131,7 @@ class Hub:
         self.settings = settings or Settings.from_env(home=home, database_url=database_url, store_url=store_url)
         self._catalog: Catalog | None = None
         self._store: BlobStore | None = None
+        self._opened = contextlib.ExitStack()  # local copies of blobs, held until close()
 
     def __enter__(self) -> Hub:
         return self
@@ -125,6 +140,7 @@ class Hub:
         self.close()
 
     def close(self) -> None:
+        self._opened.close()
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
@@ -133,7 +149,7 @@ class Hub:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             if self.settings.server_url:
-                raise LoraHubError(
+                raise NotSupportedError(
                     f"LORAHUB_URL is set ({self.settings.server_url}), but talking to a lorahub server is not "
                     "built yet",
                     hint="unset LORAHUB_URL to use the local catalog",
@@ -146,6 +162,24 @@ class Hub:
         if self._store is None:
             self._store = open_store(self.settings.store_url)
         return self._store
+
+    def _protected(self, inputs: Iterable[Protected] = ()) -> list[Protected]:
+        """What no output may be, hold or lie inside: the home, the blob store, the SQLite
+        catalog, every registered base's folder, and the command's own inputs."""
+        # The most specific first, so that a refusal names what the output would have hit.
+        out = []
+        if self.store.local_root is not None:
+            out.append(Protected(self.store.local_root, "the blob store"))
+        db_file = _sqlite_file(self.settings.database_url)
+        if db_file is not None:
+            out.append(Protected(db_file, "the catalog database"))
+        bases = self.catalog.bases.all()
+        out += [Protected(Path(b.path), f"the folder of registered base {b.name}") for b in bases if b.path]
+        out.append(Protected(self.settings.home, "the lora-hub home (LORAHUB_HOME)"))
+        return [*out, *inputs]
+
+    def _partials(self) -> PartialRegistry:
+        return PartialRegistry(self.settings.home / "partials")
 
     # --- adapters ----------------------------------------------------------------------------
 
@@ -172,6 +206,7 @@ class Hub:
         adapter_name = AdapterName.parse(name)
         tag_list = [check_tag(t) for t in dict.fromkeys(tags)]
         metric_map = check_metrics(metrics or {})
+        description = check_description(description)
         adapter = read_adapter_dir(path, check_finite=False)
         total = sum(p.stat().st_size for p in adapter.files.values())
 
@@ -207,21 +242,42 @@ class Hub:
                     problems=[p.message for p in report.problems],
                     hint=f"check with `lorahub validate {path} --base {base}`",
                 )
+        warnings = list(adapter.warnings)
+        if self.catalog.bases.has(str(adapter_name)):
+            warnings.append(
+                f"a base model is also named {adapter_name}; `lorahub show {adapter_name}` shows the adapter, "
+                f"`lorahub base show {adapter_name}` the base"
+            )
         model_type = base_info.model_type if base_info else adapter.facts.model_type
         signature = compat.structure_signature(adapter.facts, adapter.layout, model_type)
         digest = manifest_digest(entries)
-        existing = self.catalog.find_by_digest(adapter_name, digest)
-        if existing is not None:
-            return PushResult(version=existing, created=False, bytes_written=0)
+        existing = self.catalog.adapters.find_by_digest(adapter_name, digest)
 
-        written = 0
-        with self.store.writing():
-            missing = [e for e in entries if not self.store.has(e.digest)]
-            with progress.task("storing", sum(e.size for e in missing)) as advance:
-                for entry in missing:
-                    written += self.store.put_file(adapter.files[entry.path], entry.digest, advance)
+        written, repaired = 0, []
+        with self.catalog.leases.writing():
+            # Blobs already stored are re-hashed and rewritten if damaged: pushing the folder
+            # again is how a user repairs a store.
+            present = [e for e in entries if self.store.has(e.digest)]
+            missing = [e for e in entries if e not in present]
+            _check_space(self.store, sum(e.size for e in missing))
+            with progress.task("storing", sum(e.size for e in entries)) as advance:
+                for entry in entries:
+                    n = self.store.put_file(adapter.files[entry.path], entry.digest, advance, repair=True)
+                    written += n
+                    if n and entry in present:
+                        repaired.append(entry.path)
+            if existing is not None:
+                version, updated = self._apply_to_existing(existing, metric_map, tag_list, description)
+                return PushResult(
+                    version=version,
+                    created=False,
+                    bytes_written=written,
+                    updated=updated,
+                    repaired=repaired,
+                    warnings=warnings,
+                )
             _faults.checkpoint("push.before_catalog")
-            version, created = self.catalog.add_version(
+            version, created = self.catalog.adapters.add_version(
                 adapter_name,
                 digest=digest,
                 facts=adapter.facts,
@@ -236,7 +292,27 @@ class Hub:
             )
         if created:
             self._record_fits_for_signature(signature, version, model_type)
-        return PushResult(version=version, created=created, bytes_written=written)
+        return PushResult(version=version, created=created, bytes_written=written, repaired=repaired, warnings=warnings)
+
+    def _apply_to_existing(
+        self, version: AdapterVersion, metrics: Mapping[str, float], tags: Sequence[str], description: str | None
+    ) -> tuple[AdapterVersion, list[str]]:
+        """A push of content already stored as ``version``: apply its metrics, tags and description
+        to that version, and say what changed."""
+        updated = []
+        ref = Ref.parse(version.ref)
+        changed = {k: v for k, v in metrics.items() if version.metrics.get(k) != v}
+        if changed:
+            version = self.catalog.adapters.set_metrics(ref, dict(changed))
+            updated.append("metric(s) " + ", ".join(f"{k}={v:g}" for k, v in changed.items()))
+        for tag in tags:
+            if tag not in version.tags:
+                version = self.catalog.adapters.tag(ref, tag)
+                updated.append(f"tag {tag}")
+        if description is not None and description != version.description:
+            version = self.catalog.adapters.set_description(ref, description)
+            updated.append("description")
+        return version, updated
 
     def pull(
         self,
@@ -244,66 +320,72 @@ class Hub:
         dest: str | os.PathLike[str],
         *,
         force: bool = False,
+        overwrite: bool = False,
         progress: Progress | None = None,
     ) -> PullResult:
-        """Write the version's files to ``dest``, byte-identical to what was pushed.
+        """Write the version's files to ``dest``, byte-identical to what was pushed (plus lora-hub's
+        hidden marker file, ``.lorahub-output.json``).
 
-        ``dest`` must be absent or empty unless ``force``, which replaces it. The files are
-        written to a temporary folder beside ``dest``, checked against their digests, and renamed
-        into place, so ``dest`` is never left half-written.
+        ``dest`` must be absent or empty, unless ``force`` (replace a folder lora-hub wrote) or
+        ``overwrite`` (replace any folder); it may never be, hold or lie inside lora-hub's own
+        data or a registered base's folder (see ``lora_hub._fs``). The files are written to a
+        temporary folder beside ``dest``, checked against their digests, and renamed into place,
+        so ``dest`` is never left half-written.
         """
         progress = progress or NoProgress()
         version = self.show(ref)
-        dest = Path(dest).absolute()
-        _check_destination(dest, force)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(dest)
-        tmp = dest.parent / f".{dest.name}{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
+        replace = Replace.of(force=force, overwrite=overwrite)
+        out = prepare_output(Path(dest), replace=replace, protected=self._protected())
+        _check_free_space(out.parent, sum(f.size for f in version.files), what="the adapter")
         written = 0
-        try:
-            with progress.task(f"pulling {version.ref}", sum(f.size for f in version.files)) as advance:
-                for entry in version.files:
-                    target = (tmp / entry.path).resolve()
-                    if not target.is_relative_to(tmp.resolve()):
-                        raise InvalidArgumentError(f"refusing a file path outside the folder: {entry.path!r}")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with open(target, "wb", buffering=0) as fh:
-                        written += self.store.copy_out(entry.digest, fh, advance)
-                        os.fsync(fh.fileno())
-                    _faults.checkpoint("pull.after_file")
-            _swap_into_place(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return PullResult(version=version, path=str(dest), bytes_written=written)
+        details = {"ref": version.ref, "digest": version.digest}
+        with (
+            staged_output(out, kind="pull", replace=replace, registry=self._partials(), details=details) as tmp,
+            progress.task(f"pulling {version.ref}", sum(f.size for f in version.files)) as advance,
+        ):
+            for entry in version.files:
+                target = (tmp / entry.path).resolve()
+                if not target.is_relative_to(tmp.resolve()):
+                    raise InvalidArgumentError(f"refusing a file path outside the folder: {entry.path!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb", buffering=0) as fh:
+                    written += self.store.copy_out(entry.digest, fh, advance)
+                    os.fsync(fh.fileno())
+                _faults.checkpoint("pull.after_file")
+        return PullResult(version=version, path=str(out), bytes_written=written)
 
     def show(self, ref: str) -> AdapterVersion:
-        return self.catalog.get(Ref.parse(ref))
+        return self.catalog.adapters.get(Ref.parse(ref))
 
-    def list(self, query: ListQuery | None = None, **filters: object) -> list[AdapterVersion]:
-        """Versions matching ``query`` (or the same fields as keywords), newest first by default."""
+    def search(self, query: ListQuery | None = None, **filters: object) -> VersionPage:
+        """The page of versions matching ``query`` (or the same fields as keywords), newest first
+        by default, with how many match in all."""
         if query is None:
             query = ListQuery.model_validate(filters)
         elif filters:
             query = query.model_copy(update=filters)
-        return self.catalog.list(query)
+        return self.catalog.adapters.search(query)
+
+    def list_versions(self, query: ListQuery | None = None, **filters: object) -> list[AdapterVersion]:
+        """The versions of ``search``'s page."""
+        return self.search(query, **filters).items
 
     def versions(self, name: str) -> list[int]:
-        return self.catalog.versions_of(AdapterName.parse(name))
+        return self.catalog.adapters.versions_of(AdapterName.parse(name))
 
     def tag(self, ref: str, tag: str) -> AdapterVersion:
         """Point ``tag`` at ``ref``; it moves off the version that had it. ``latest`` is implicit."""
-        return self.catalog.tag(Ref.parse(ref), check_tag(tag))
+        return self.catalog.adapters.tag(Ref.parse(ref), check_tag(tag))
 
-    def untag(self, name: str, tag: str) -> AdapterVersion:
-        return self.catalog.untag(AdapterName.parse(name), check_tag(tag))
+    def untag(self, ref: str, tag: str) -> AdapterVersion:
+        """Remove ``tag`` from the name of ``ref`` (a name, or a reference whose version is ignored)."""
+        return self.catalog.adapters.untag(Ref.parse(ref).adapter, check_tag(tag))
 
     def set_metrics(self, ref: str, metrics: Mapping[str, float], *, remove: Sequence[str] = ()) -> AdapterVersion:
         """Set (overwrite) the given metrics of a version, and delete those in ``remove``."""
         for key in remove:
             check_metric_name(key)
-        return self.catalog.set_metrics(Ref.parse(ref), check_metrics(metrics), remove=remove)
+        return self.catalog.adapters.set_metrics(Ref.parse(ref), check_metrics(metrics), remove=remove)
 
     def remove(self, ref: str) -> AdapterVersion:
         """Remove one version. A bare name is refused: say which version."""
@@ -313,7 +395,7 @@ class Hub:
                 f"say which version of {parsed.adapter} to remove",
                 hint=f"e.g. `lorahub rm {parsed.adapter}:1`",
             )
-        return self.catalog.delete_version(parsed)
+        return self.catalog.adapters.delete_version(parsed)
 
     # --- base models ---------------------------------------------------------------------------
 
@@ -323,43 +405,54 @@ class Hub:
         """Fingerprint the HF model folder at ``path`` and register it as ``name``.
 
         The weights stay where they are unless ``store``, which also copies every file into the
-        blob store. Tensor hashes are cached by (path, size, mtime, inode): re-adding an unchanged
-        folder reads no weights.
+        blob store. Tensor hashes are cached by (path, size, mtime, ctime, inode): re-adding an
+        unchanged folder reads no weights.
         """
         progress = progress or NoProgress()
         name = str(AdapterName.parse(name))
         model = read_model_dir(path)
         with progress.task("hashing", model.weight_bytes) as advance:
-            digests, hashed = compat.hash_tensors(model, self.catalog, advance)
+            digests, hashed = compat.hash_tensors(model, self.catalog.hashes, advance)
         files = [BaseFile(path=rel, size=p.stat().st_size) for rel, p in model.files.items()]
         stored_bytes = 0
         if store:
             files = []
-            with self.store.writing():
+            with self.catalog.leases.writing():
                 total = sum(p.stat().st_size for p in model.files.values())
+                _check_space(self.store, total)
                 with progress.task("storing", total) as advance:
                     for rel, p in model.files.items():
                         digest, size = hash_file(p)
                         stored_bytes += self.store.put_file(p, digest, advance)
                         files.append(BaseFile(path=rel, size=size, digest=digest))
-                info, created = self.catalog.add_base(
+                info, created = self.catalog.bases.add(
                     compat.describe_model(model, digests, name=name, stored=True, files=files)
                 )
         else:
-            info, created = self.catalog.add_base(compat.describe_model(model, digests, name=name, files=files))
+            info, created = self.catalog.bases.add(compat.describe_model(model, digests, name=name, files=files))
         self._record_fits_for_base(name, info)
-        return BaseAddResult(base=info, created=created, hashed_bytes=hashed, stored_bytes=stored_bytes)
+        warnings = []
+        if self.catalog.adapters.versions_of(AdapterName.parse(name)):
+            warnings.append(
+                f"an adapter is also named {name}; `lorahub show {name}` shows the adapter, "
+                f"`lorahub base show {name}` the base"
+            )
+        return BaseAddResult(
+            base=info, created=created, hashed_bytes=hashed, stored_bytes=stored_bytes, warnings=warnings
+        )
 
     def base_list(self) -> list[BaseModelInfo]:
-        return self.catalog.list_bases()
+        """Every registered base, with ``status``: whether its folder still holds its files."""
+        return [b.model_copy(update={"status": _folder_status(b)}) for b in self.catalog.bases.all()]
 
     def base_show(self, name: str) -> BaseModelInfo:
-        return self.catalog.get_base(name)
+        info = self.catalog.bases.get(name)
+        return info.model_copy(update={"status": _folder_status(info)})
 
     def base_remove(self, name: str) -> BaseModelInfo:
         """Forget a base (its files stay; stored blobs are freed by ``gc``). Adapters pushed against
         it keep its fingerprint."""
-        return self.catalog.remove_base(name)
+        return self.catalog.bases.remove(name)
 
     def validate(self, adapter: str | os.PathLike[str], base: str | os.PathLike[str]) -> CompatReport:
         """Does ``adapter`` (a reference or a PEFT folder) fit ``base`` (a registered base or an HF
@@ -384,8 +477,8 @@ class Hub:
             for k in keys
             if (new_key := km_new.resolve(k, model.tensors)) and (old_key := km_old.resolve(k, old_model.tensors))
         ]
-        old_digests, _ = compat.hash_tensors(old_model, self.catalog)
-        new_digests, _ = compat.hash_tensors(model, self.catalog)
+        old_digests, _ = compat.hash_tensors(old_model, self.catalog.hashes)
+        new_digests, _ = compat.hash_tensors(model, self.catalog.hashes)
         diff = compat.weight_diff(pairs, model, old_model, new_digests, old_digests)
         return report.model_copy(update={"diff": diff})
 
@@ -395,8 +488,8 @@ class Hub:
         """A registered base (by name) or a model folder: its description with tensors, a label,
         and its readable weights where they are at hand."""
         text = str(spec)
-        if self._is_base_name(text) and self.catalog.find_base(text):
-            info = self.catalog.get_base(text)
+        if self._is_base_name(text) and self.catalog.bases.has(text):
+            info = self.catalog.bases.get(text)
             return info, text, self._base_weights(info)
         if not Path(text).is_dir():
             if self._is_base_name(text):
@@ -404,7 +497,7 @@ class Hub:
             raise InvalidModelError("no such folder, and no registered base by that name", path=text)
         model = read_model_dir(text)
         with (progress or NoProgress()).task("hashing base", model.weight_bytes) as advance:
-            digests, _ = compat.hash_tensors(model, self.catalog, advance)
+            digests, _ = compat.hash_tensors(model, self.catalog.hashes, advance)
         return compat.describe_model(model, digests), text, model
 
     @staticmethod
@@ -417,23 +510,51 @@ class Hub:
 
     def _base_weights(self, info: BaseModelInfo) -> ModelDir | None:
         """The registered base's weights, read from its folder if it still holds the same content,
-        else from the blob store if they were stored there."""
-        if info.path and Path(info.path).is_dir():
-            with contextlib.suppress(LoraHubError, OSError):
-                model = read_model_dir(info.path)
-                digests, _ = compat.hash_tensors(model, self.catalog)
-                if compat.describe_model(model, digests).content_fingerprint == info.content_fingerprint:
-                    return model
+        else from the blob store if they were stored there. ``_why_no_weights`` says why not."""
+        model, _ = self._folder_weights(info)
+        if model is not None:
+            return model
         if info.stored:
-            paths = {f.path: self.store.local_path(f.digest) for f in info.files if f.digest}
-            if all(p is not None for p in paths.values()):
-                return model_from_files(Path(info.path or "."), paths)  # type: ignore[arg-type]
+            try:
+                paths = {f.path: self._local_copy(f.digest) for f in info.files if f.digest}
+                model = model_from_files(Path(info.path or "."), paths)
+                digests, _ = compat.hash_tensors(model, self.catalog.hashes)
+            except (LoraHubError, OSError):
+                return None
+            if compat.describe_model(model, digests).content_fingerprint == info.content_fingerprint:
+                return model
         return None
 
+    def _local_copy(self, digest: str, *, verify: bool = False) -> Path:
+        """A local file of the blob, kept at hand until the Hub closes (see ``BlobStore.open_local``)."""
+        return self._opened.enter_context(self.store.open_local(digest, verify=verify))
+
+    def _folder_weights(self, info: BaseModelInfo) -> tuple[ModelDir | None, str]:
+        """The base's folder if it still holds the registered content, else why it does not."""
+        if not info.path or not Path(info.path).is_dir():
+            return None, f"its folder {info.path} no longer exists"
+        try:
+            model = read_model_dir(info.path)
+            digests, _ = compat.hash_tensors(model, self.catalog.hashes)
+        except (LoraHubError, OSError) as exc:
+            return None, f"its folder {info.path} cannot be read ({exc})"
+        if compat.describe_model(model, digests).content_fingerprint != info.content_fingerprint:
+            return None, f"its folder {info.path} now holds other weights (the content fingerprint changed)"
+        return model, ""
+
+    def _why_no_weights(self, info: BaseModelInfo, label: str) -> InvalidModelError:
+        _, reason = self._folder_weights(info)
+        stored = "its stored copy is incomplete" if info.stored else "it is not stored in the blob store"
+        return InvalidModelError(
+            f"the weights of this base are not at hand: {reason}, and {stored}",
+            path=label,
+            hint=f"register the folder again with `lorahub base add DIR --name {label}` (add --store to keep a copy)",
+        )
+
     def _model_by_fingerprint(self, fingerprint: str) -> tuple[ModelDir, BaseModelInfo] | None:
-        for info in self.catalog.list_bases():
+        for info in self.catalog.bases.all():
             if info.content_fingerprint == fingerprint:
-                model = self._base_weights(self.catalog.get_base(info.name or ""))
+                model = self._base_weights(self.catalog.bases.get(info.name or ""))
                 if model is not None:
                     return model, info
         return None
@@ -450,7 +571,7 @@ class Hub:
             if named and Path(named).is_dir():
                 with contextlib.suppress(LoraHubError, OSError):
                     model = read_model_dir(named)
-                    digests, _ = compat.hash_tensors(model, self.catalog)
+                    digests, _ = compat.hash_tensors(model, self.catalog.hashes)
                     trained_on = model, compat.describe_model(model, digests)
                     notes.append(
                         f"the adapter's config names the folder {named} as its base; its content is what was compared"
@@ -466,7 +587,7 @@ class Hub:
             )
             return side, trained_on
         try:
-            version, base_model_type = self.catalog.trained_on(Ref.parse(text))
+            version, base_model_type = self.catalog.adapters.trained_on(Ref.parse(text))
         except NotFoundError:
             if "/" in text or text.startswith("."):
                 raise InvalidAdapterError("no such folder, and no adapter by that name", path=text) from None
@@ -483,20 +604,20 @@ class Hub:
 
     def _record_fits_for_base(self, name: str, info: BaseModelInfo) -> None:
         fits = {}
-        for signature, version, model_type in self.catalog.signatures_without_fit(name):
+        for signature, version, model_type in self.catalog.bases.signatures_without_fit(name):
             assert version.layout is not None
             side = compat.AdapterSide(
                 version.ref, version.facts, version.layout, model_type or version.facts.model_type
             )
             fits[signature] = compat.check(side, info, name).verdict != "incompatible"
-        self.catalog.record_fits(name, fits)
+        self.catalog.bases.record_fits(name, fits)
 
     def _record_fits_for_signature(self, signature: str, version: AdapterVersion, model_type: str | None) -> None:
         assert version.layout is not None
         side = compat.AdapterSide(version.ref, version.facts, version.layout, model_type)
-        for name in self.catalog.bases_without_fit(signature):
-            info = self.catalog.get_base(name)
-            self.catalog.record_fits(name, {signature: compat.check(side, info, name).verdict != "incompatible"})
+        for name in self.catalog.bases.without_fit(signature):
+            info = self.catalog.bases.get(name)
+            self.catalog.bases.record_fits(name, {signature: compat.check(side, info, name).verdict != "incompatible"})
 
     # --- merging ------------------------------------------------------------------------------
 
@@ -512,7 +633,9 @@ class Hub:
         dtype: str = "auto",
         device: str = "auto",
         shard_size: str | int = "5GB",
+        recompute: bool = False,
         force: bool = False,
+        overwrite: bool = False,
         progress: Progress | None = None,
     ) -> MergeResult:
         """Merge ``adapters`` (``ref[@weight]`` or ``folder[@weight]``) into ``base``, writing an HF
@@ -521,27 +644,31 @@ class Hub:
         Every adapter is checked against the base before anything is written; every changed
         tensor is verified (see ``lora_hub.merge.execute``); the output appears only when complete.
         The same recipe again is served from the catalog (copied, if ``output`` is elsewhere)
-        unless ``force``. With ``name``, the output is registered as a base with its lineage.
-        ``method`` and ``params`` choose how several adapters combine (``lora_hub.merge.methods``;
-        random methods take ``params["seed"]``).
+        unless ``recompute``. ``output`` follows the rule of ``lora_hub._fs``: never lora-hub's own
+        data, a registered base's folder or an input; a non-empty folder only with ``force`` (one
+        lora-hub wrote) or ``overwrite`` (any). With ``name``, the output is registered as a base
+        with its lineage. ``method`` and ``params`` choose how several adapters combine
+        (``lora_hub.merge.methods``; random methods take ``params["seed"]``).
         """
         from lora_hub.merge.plan import open_output, parse_size, plan_merge
 
         progress = progress or NoProgress()
-        out = Path(output).absolute()
+        out = Path(os.path.abspath(output))
         if name is not None:
             name = str(AdapterName.parse(name))
         if not _DEVICE_NAME.fullmatch(device):
             raise InvalidArgumentError(f"unknown device {device!r}", hint="use auto, cpu or cuda (or cuda:N)")
-        if not (out / MERGE_RECORD_FILE).is_file():  # a recorded output may be served again as it is
-            _check_destination(out, force)
+        size_limit = parse_size(shard_size)
+        replace = Replace.of(force=force, overwrite=overwrite)
+        protected = self._protected(_input_folders([str(base), *(_split_weight(a)[0] for a in adapters)]))
+        # A folder that holds a recorded merge may be this recipe's output, served again as it
+        # is; whether it is can be told once the recipe is planned. Anything else is checked now.
+        maybe_in_place = (out / MERGE_RECORD_FILE).is_file() and not recompute
+        if not maybe_in_place:
+            prepare_output(out, replace=replace, protected=protected)
         base_info, base_label, model = self._open_base(base, progress)
         if model is None:
-            raise InvalidModelError(
-                "the weights of this base are not at hand (its folder moved or changed, and it is not stored)",
-                path=base_label,
-                hint=f"add it again with `lorahub base add DIR --name {base_label}`",
-            )
+            raise self._why_no_weights(base_info, base_label)
         inputs = [self._merge_input(spec, base_info, base_label) for spec in adapters]
         plan = plan_merge(
             model,
@@ -550,26 +677,24 @@ class Hub:
             method=method,
             params=dict(params or {}),
             dtype=dtype,
-            shard_size=parse_size(shard_size),
+            shard_size=size_limit,
         )
-        if name is not None and self.catalog.find_base(name):
-            lineage = self.catalog.get_base(name, with_tensors=False).lineage or {}
+        if name is not None and self.catalog.bases.has(name):
+            lineage = self.catalog.bases.get(name, with_tensors=False).lineage or {}
             if lineage.get("recipe_digest") != plan.recipe_digest:
                 raise ConflictError(
                     f"base {name} is already registered with other content",
                     hint=f"choose another --name, or `lorahub base rm {name}` first",
                 )
-        if not force and (reused := self._reuse_merge(plan.recipe_digest, out, name, progress)) is not None:
-            return reused
-        _check_destination(out, force)
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(out)
+        if not recompute:
+            reused = self._reuse_merge(plan.recipe_digest, out, name, replace, protected, progress)
+            if reused is not None:
+                return reused
+        out = prepare_output(out, replace=replace, protected=protected)
         extras = sum(model.files[rel].stat().st_size for rel in plan.copy_files)
-        _check_free_space(out.parent, _plan_bytes(plan) + extras)
-        tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        try:
+        _check_free_space(out.parent, _plan_bytes(plan) + extras, what="the merged model")
+        details = {"recipe_digest": plan.recipe_digest}
+        with staged_output(out, kind="merge", replace=replace, registry=self._partials(), details=details) as tmp:
             for rel in plan.copy_files:
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -591,8 +716,10 @@ class Hub:
                         tmp,
                         device=torch_device,
                         base_digests={n: t.digest for n, t in (base_info.tensors or {}).items()},
+                        adapters=inputs,
                         advance=advance,
                         output=output_files,
+                        threads=self.settings.torch_threads,
                     )
             finally:
                 output_files.close()
@@ -609,19 +736,16 @@ class Hub:
                 versions=_library_versions(),
             )
             (tmp / MERGE_RECORD_FILE).write_text(record.model_dump_json(indent=2) + "\n")
-            _swap_into_place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         # The record names the base only once the base is registered under that name.
-        record = self.catalog.record_merge(record.model_copy(update={"name": None}))
+        record = self.catalog.merges.record(record.model_copy(update={"name": None}))
         if name is not None:
             self._register_merged(out, name, stats.digests, record)
-            record = self.catalog.record_merge(record.model_copy(update={"name": name}))
+            record = self.catalog.merges.record(record.model_copy(update={"name": name}))
         return MergeResult(
             path=str(out),
             record=record,
             reused=False,
+            registered=name,
             tensors_merged=stats.tensors_merged,
             tensors_copied=stats.tensors_copied,
             tensors_converted=stats.tensors_converted,
@@ -650,20 +774,21 @@ class Hub:
                 weight=weight,
                 facts=folder.facts,
                 layout=folder.layout,
-                weights_path=str(folder.files["adapter_model.safetensors"]),
+                weights_path=str(folder.files[WEIGHTS_NAME]),
             )
             return item, side, None
-        version, base_model_type = self.catalog.trained_on(Ref.parse(target))
+        version, base_model_type = self.catalog.adapters.trained_on(Ref.parse(target))
         assert version.layout is not None
         model_type = base_model_type or version.facts.model_type
         side = compat.AdapterSide(version.ref, version.facts, version.layout, model_type, version.base_fingerprint)
-        entry = next(f for f in version.files if f.path == "adapter_model.safetensors")
-        path = self.store.local_path(entry.digest)
-        if path is None or hash_file(path)[0] != entry.digest:
+        entry = next(f for f in version.files if f.path == WEIGHTS_NAME)
+        try:
+            path = self._local_copy(entry.digest, verify=True)
+        except IntegrityError as exc:
             raise IntegrityError(
                 f"the weights of {version.ref} are missing or corrupted in the store ({entry.digest})",
-                hint="push the adapter again to restore them",
-            )
+                hint="push the adapter's folder again: the push rewrites damaged blobs",
+            ) from exc
         item = AdapterInput(
             label=version.ref,
             digest=version.digest,
@@ -695,6 +820,8 @@ class Hub:
         rank: int | None = None,
         dtype: str = "auto",
         output: str | os.PathLike[str] | None = None,
+        force: bool = False,
+        overwrite: bool = False,
         description: str | None = None,
         tags: Sequence[str] = (),
         progress: Progress | None = None,
@@ -702,22 +829,25 @@ class Hub:
         """Combine adapters (``ref[@weight]`` or folders) into a new PEFT adapter, pushed as
         ``name`` with its lineage. ``cat`` is exact; other methods are re-factored to ``rank``
         (default: the sum of the input ranks) with each module's error reported. See
-        ``lora_hub.merge.combine`` for the formulas. ``output`` also keeps the folder there."""
-        import torch
-        from safetensors.torch import save_file
-
+        ``lora_hub.merge.combine`` for the formulas. ``output`` also keeps the folder there
+        (under the output rule of ``lora_hub._fs``; ``force``/``overwrite`` as for ``pull``)."""
         from lora_hub.merge.combine import combine_adapters
         from lora_hub.merge.methods import get_method
 
         AdapterName.parse(name)
+        description = check_description(description)
+        out = None
+        replace = Replace.of(force=force, overwrite=overwrite)
+        if output is not None:
+            protected = self._protected(_input_folders(_split_weight(a)[0] for a in adapters))
+            out = prepare_output(Path(output), replace=replace, protected=protected)
         spec = get_method(method)
         checked = spec.check_params(params or {})
         resolved = [self._adapter_input(s) for s in adapters]
         if not resolved:
             raise InvalidArgumentError("name at least one adapter to combine")
         inputs = [item for item, _, _ in resolved]
-        bases = {base for _, _, base in resolved}
-        combined = combine_adapters(inputs, spec, checked, rank=rank, dtype=dtype)
+        combined = combine_adapters(inputs, spec, checked, rank=rank, dtype=dtype, model_types=_model_types(resolved))
         lineage = {
             "kind": "combine",
             "method": method,
@@ -727,29 +857,17 @@ class Hub:
             "errors": combined.errors,
             "versions": _library_versions(),
         }
-        with contextlib.ExitStack() as stack:
-            if output is None:
-                import tempfile
-
-                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lorahub-combine-")))
-            else:
-                folder = Path(output).absolute()
-                _check_destination(folder, force=False)
-                folder.mkdir(parents=True, exist_ok=True)
-            torch_tensors = {k: v.contiguous() for k, v in combined.tensors.items()}
-            save_file(torch_tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-            (folder / "adapter_config.json").write_text(json.dumps(combined.config, indent=2) + "\n")
-            del torch, torch_tensors
-            base = next(iter(bases)) if len(bases) == 1 else None
-            pushed = self.push(
-                folder,
-                name,
-                description=description,
-                tags=tags,
-                base=base,
-                lineage=lineage,
-                progress=progress,
-            )
+        bases = {base for _, _, base in resolved}
+        base = next(iter(bases)) if len(bases) == 1 else None
+        with tempfile.TemporaryDirectory(prefix="lorahub-combine-") as scratch:
+            folder = write_adapter_dir(Path(scratch), combined.tensors, combined.config)
+            pushed = self.push(folder, name, description=description, tags=tags, base=base, lineage=lineage,
+                               progress=progress)  # fmt: skip
+            if out is not None:
+                details = {"ref": pushed.version.ref, "digest": pushed.version.digest}
+                with staged_output(out, kind="combine", replace=replace, registry=self._partials(),
+                                   details=details) as tmp:  # fmt: skip
+                    _copy_tree(folder, tmp, NoProgress())
         errors = list(combined.errors.values())
         return CombineResult(
             push=pushed,
@@ -760,26 +878,37 @@ class Hub:
             mean_error=sum(errors) / len(errors),
         )
 
-    def _reuse_merge(self, recipe_digest: str, out: Path, name: str | None, progress: Progress) -> MergeResult | None:
-        """The recorded output of this recipe, if it still holds what was recorded."""
-        record = self.catalog.find_merge(recipe_digest)
+    def _reuse_merge(
+        self,
+        recipe_digest: str,
+        out: Path,
+        name: str | None,
+        replace: Replace,
+        protected: Sequence[Protected],
+        progress: Progress,
+    ) -> MergeResult | None:
+        """The recorded output of this recipe, if it still holds what was recorded: served where it
+        is when ``out`` is that folder, else copied to ``out`` (under the output rule)."""
+        record = self.catalog.merges.find(recipe_digest)
         if record is None or not Path(record.output_path).is_dir():
             return None
         source = Path(record.output_path)
         try:
             model = read_model_dir(source)
-            digests, _ = compat.hash_tensors(model, self.catalog)
+            digests, _ = compat.hash_tensors(model, self.catalog.hashes)
         except LoraHubError:
             return None
         if compat.describe_model(model, digests).content_fingerprint != record.content_fingerprint:
             return None
         if source.resolve() != out.resolve():
-            _check_destination(out, force=False)
-            _copy_tree_atomically(source, out, progress)
-        if name is not None and (name != record.name or not self.catalog.find_base(name)):
+            out = prepare_output(out, replace=replace, protected=protected)
+            details = {"recipe_digest": recipe_digest, "copied_from": str(source)}
+            with staged_output(out, kind="merge", replace=replace, registry=self._partials(), details=details) as tmp:
+                _copy_tree(source, tmp, progress)
+        if name is not None and (name != record.name or not self.catalog.bases.has(name)):
             self._register_merged(out, name, digests, record)
-            record = self.catalog.record_merge(record.model_copy(update={"name": name}))
-        return MergeResult(path=str(out), record=record, reused=True, peak_rss_bytes=_peak_rss())
+            record = self.catalog.merges.record(record.model_copy(update={"name": name}))
+        return MergeResult(path=str(out), record=record, reused=True, registered=name, peak_rss_bytes=_peak_rss())
 
     def _register_merged(self, out: Path, name: str, digests: Mapping[str, str], record: MergeRecord) -> None:
         model = read_model_dir(out)
@@ -793,7 +922,7 @@ class Hub:
                 }
             }
         )
-        self.catalog.add_base(info)
+        self.catalog.bases.add(info)
         self._record_fits_for_base(name, info)
 
     def show_any(self, ref: str) -> AdapterVersion | BaseModelInfo:
@@ -801,15 +930,140 @@ class Hub:
         try:
             return self.show(ref)
         except NotFoundError:
-            if ":" not in ref and self._is_base_name(ref) and self.catalog.find_base(ref):
-                return self.catalog.get_base(ref, with_tensors=False)
+            if ":" not in ref and self._is_base_name(ref) and self.catalog.bases.has(ref):
+                info = self.catalog.bases.get(ref, with_tensors=False)
+                return info.model_copy(update={"status": _folder_status(info)})
             raise
+
+    def name_clash(self, ref: str) -> str | None:
+        """A note when ``ref`` names both an adapter and a base (``show`` shows the adapter)."""
+        name = ref.split(":", 1)[0]
+        if self._is_base_name(name) and self.catalog.bases.has(name):
+            return f"a base model is also named {name}: see `lorahub base show {name}`"
+        return None
+
+    # --- choosing the rank (lora_hub.rank; orchestration in lora_hub.core.ranking) ------------
+
+    def analyze(
+        self,
+        adapter: str,
+        *,
+        base: str | None = None,
+        energies: Sequence[float] = (0.9, 0.95, 0.99),
+        progress: Progress | None = None,
+    ) -> RankAnalysis:
+        """Every module's exact singular values of ``s * B @ A``, the energy kept at each rank, the
+        rank each energy target needs, effective and stable rank (and ``||dW|| / ||W||`` with
+        ``base``), with a uniform rank and a ``rank_pattern`` suggested per target. See
+        ``lora_hub.rank.spectrum``."""
+        from lora_hub.core import ranking
+
+        return ranking.analyze(self, adapter, base=base, energies=energies, progress=progress)
+
+    def reduce(
+        self,
+        adapter: str,
+        name: str,
+        *,
+        rank: int | None = None,
+        energy: float | None = None,
+        dtype: str = "auto",
+        output: str | os.PathLike[str] | None = None,
+        description: str | None = None,
+        tags: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> ReduceResult:
+        """Truncate ``adapter`` to its optimal rank-``rank`` update (Eckart-Young), or per module to
+        the rank that keeps ``energy``, and push it as ``name`` with its lineage and the exact error
+        per module. ``rank >= r`` is lossless. See ``lora_hub.rank.reduce``."""
+        from lora_hub.core import ranking
+
+        return ranking.reduce(self, adapter, name, rank=rank, energy=energy, dtype=dtype, output=output,
+                              description=description, tags=tags, progress=progress)  # fmt: skip
+
+    def extract(
+        self,
+        base: str,
+        tuned: str,
+        name: str,
+        *,
+        rank: int | None = None,
+        energy: float | None = None,
+        targets: Sequence[str] | None = None,
+        modules_to_save: Sequence[str] = (),
+        seed: int = 0,
+        device: str = "auto",
+        dtype: str = "float32",
+        output: str | os.PathLike[str] | None = None,
+        description: str | None = None,
+        tags: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> ExtractResult:
+        """A LoRA adapter of ``base`` from the dense fine-tune ``tuned`` (``W_tuned - W_base`` per
+        linear module, truncated by SVD), streamed tensor by tensor, pushed as ``name`` against
+        ``base`` with the error per module. See ``lora_hub.rank.extract``."""
+        from lora_hub.core import ranking
+
+        return ranking.extract(self, base, tuned, name, rank=rank, energy=energy, targets=targets,
+                               modules_to_save=modules_to_save, seed=seed, device=device, dtype=dtype, output=output,
+                               description=description, tags=tags, progress=progress)  # fmt: skip
+
+    # --- export -------------------------------------------------------------------------------
+
+    def export(
+        self,
+        model: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        format: str,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_batch: int | None = None,
+        max_seq: int | None = None,
+        opset: int | None = None,
+        with_cache: bool = False,
+        force: bool = False,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> ExportResult:
+        """Export ``model`` (a registered base, merged or not, or an HF model folder) to ``format``
+        at ``output``, checked against the eager model by the parity gate (``lora_hub.export``).
+
+        The result carries the base's content fingerprint and the export's key (fingerprint +
+        format + options + library versions + target); nothing is recorded in the catalog yet.
+        ``output`` follows the rule of ``lora_hub._fs`` (``force``: replace an earlier lora-hub
+        output; ``overwrite``: replace any folder), checked before the base is read."""
+        from lora_hub.export import get_exporter
+        from lora_hub.export.plan import make_options
+        from lora_hub.export.run import export_model, linked_folder
+
+        get_exporter(format)  # an unknown format is refused before the base is read
+        options = make_options(dtype=dtype, device=device, max_batch=max_batch, max_seq=max_seq, opset=opset,
+                               with_cache=with_cache)  # fmt: skip
+        protected = self._protected(_input_folders([str(model)]))
+        out = prepare_output(Path(output), replace=Replace.of(force=force, overwrite=overwrite), protected=protected)
+        info, label, weights = self._open_base(model, progress)
+        if weights is None:
+            raise self._why_no_weights(info, label)
+        in_place = all(p == weights.root / rel for rel, p in weights.files.items())
+        staged = linked_folder(weights.files, self.settings.home / "export-sources")
+        with contextlib.nullcontext(weights.root) if in_place else staged as folder:
+            return export_model(folder, out, format, options, source_fingerprint=info.content_fingerprint, force=force,
+                                overwrite=overwrite, protected=protected, registry=self._partials(),
+                                progress=progress)  # fmt: skip
+
+    def exporters(self) -> list[ExporterInfo]:
+        """Every export format, and whether (or why not) it works on this machine."""
+        from lora_hub.export.run import exporter_infos
+
+        return exporter_infos()
 
     # --- maintenance -------------------------------------------------------------------------
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
-        """Delete blobs that no version references, and temporary files of dead writers."""
-        with self.store.collecting():
+        """Delete blobs that no version references, temporary files of dead writers, and the hidden
+        partial output folders of pulls and merges that were killed."""
+        with self.catalog.leases.collecting():
             referenced = self.catalog.referenced_digests()
             removed = freed = 0
             for digest, size in list(self.store.digests()):
@@ -818,25 +1072,49 @@ class Hub:
                 removed += 1
                 freed += size if dry_run else self.store.delete(digest)
             temps = self.store.remove_stale_temp(dry_run=dry_run)
-        return GcReport(blobs_removed=removed, bytes_freed=freed, temp_files_removed=temps, dry_run=dry_run)
+        partials = self._partials().clean(dry_run=dry_run)
+        return GcReport(
+            blobs_removed=removed,
+            bytes_freed=freed,
+            temp_files_removed=temps,
+            partials_removed=partials,
+            dry_run=dry_run,
+        )
 
-    def upgrade_db(self) -> str | None:
-        """Apply catalog migrations (also done on first use); return the current revision."""
+    def verify(
+        self, ref: str | None = None, *, everything: bool = False, progress: Progress | None = None
+    ) -> VerifyReport:
+        """Re-read every blob of ``ref`` (one version), or of every version and stored base with
+        ``everything``, and check it against its digest. Damaged blobs are reported, not changed:
+        pushing the folder again rewrites them."""
+        if (ref is None) == (not everything):
+            raise InvalidArgumentError("say what to verify: a reference, or --all")
+        if ref is not None:
+            version = self.show(ref)
+            users = {f.digest: [version.ref] for f in version.files}
+            sizes = {f.digest: f.size for f in version.files}
+        else:
+            users, sizes = self.catalog.blob_users()
+        problems = []
+        checked = 0
+        with (progress or NoProgress()).task("verifying", sum(sizes.values())) as advance:
+            for digest in sorted(users):
+                state, size = self.store.check(digest, advance)
+                checked += size or 0
+                if state != "ok":
+                    problems.append(BlobCheck(digest=digest, size=size, state=state, used_by=users[digest]))
+        return VerifyReport(blobs_checked=len(users), bytes_checked=checked, problems=problems)
+
+    def upgrade_db(self) -> DbStatus:
+        """Apply catalog migrations (also done on first use); return the catalog and its revision."""
+        from lora_hub.catalog.db import make_url_safe
+
         catalog = Catalog(self.settings.database_url, migrate=False)
         try:
-            return catalog.db.upgrade()
+            revision = catalog.db.upgrade()
         finally:
             catalog.close()
-
-
-def _check_destination(dest: Path, force: bool) -> None:
-    if dest.exists() or dest.is_symlink():
-        if not dest.is_dir():
-            raise DestinationExistsError(f"{dest} exists and is not a folder", hint="choose another output path")
-        if any(dest.iterdir()) and not force:
-            raise DestinationExistsError(
-                f"{dest} is not empty", hint="use --force to replace it, or choose another folder"
-            )
+        return DbStatus(database=make_url_safe(self.settings.database_url), revision=revision or "none")
 
 
 def _split_weight(spec: str) -> tuple[str, float]:
@@ -859,15 +1137,47 @@ def _plan_bytes(plan: MergePlan) -> int:
     return sum(math.prod(t.shape) * DTYPE_SIZES[t.dtype_out] for t in plan.tensors)
 
 
-def _check_free_space(folder: Path, needed: int) -> None:
-    """Refuse a merge that cannot fit, before any work rather than after most of it."""
+def _check_free_space(folder: Path, needed: int, *, what: str) -> None:
+    """Refuse an output that cannot fit, before any work rather than after most of it."""
+    while not folder.exists() and folder != folder.parent:  # the output's parents are made later
+        folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise MergeError(
-            f"not enough free space in {folder}: the merged model needs {needed / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB are free",
+        raise StoreError(
+            f"not enough free space in {folder}: {what} needs {human_bytes(needed)}, {human_bytes(free)} are free",
             hint="free some space, or write the output (-o) to another disk",
         )
+
+
+def _check_space(store: BlobStore, needed: int) -> None:
+    free = store.free_bytes()
+    if free is not None and free < needed:
+        raise StoreError(
+            f"not enough free space for the blob store ({store!r}): {human_bytes(needed)} to write, "
+            f"{human_bytes(free)} free",
+            hint="free some space there, or run `lorahub gc` to remove unreferenced blobs",
+        )
+
+
+def _folder_status(info: BaseModelInfo) -> str:
+    """``ok`` when the base's folder holds every registered file at its registered size, ``missing``
+    when the folder is gone, ``changed`` otherwise (sizes only: hashes are checked when used)."""
+    if not info.path or not Path(info.path).is_dir():
+        return "missing"
+    for f in info.files:
+        p = Path(info.path) / f.path
+        if not p.is_file() or p.stat().st_size != f.size:
+            return "changed"
+    return "ok"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    from lora_hub.catalog.db import parse_url
+
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database)
+    return None
 
 
 def _set_config_dtype(folder: Path, dtype: str) -> None:
@@ -891,6 +1201,13 @@ def _merge_report(stats: Any) -> MergeReport:
         errors=stats.errors,
         tolerances=stats.tolerances,
         passed=all(stats.errors[k] <= stats.tolerances[k] for k in stats.errors),
+        error_kind="fraction_of_bound",
+        checks=stats.checks,
+        rows_checked=stats.rows_checked,
+        entries_checked=stats.entries_checked,
+        ambiguous=stats.ambiguous,
+        thresholds=stats.thresholds,
+        not_verified=stats.not_verified,
     )
 
 
@@ -912,44 +1229,21 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _copy_tree_atomically(source: Path, dest: Path, progress: Progress) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
-        with progress.task("copying the recorded merge", total) as advance:
-            for p in sorted(source.rglob("*")):
-                target = tmp / p.relative_to(source)
-                if p.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(p, target)
-                advance(p.stat().st_size)
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _copy_tree(source: Path, dest: Path, progress: Progress) -> None:
+    """Copy the files of ``source`` into the empty folder ``dest`` (lora-hub's marker excepted)."""
+    files = [p for p in sorted(source.rglob("*")) if p.is_file() and p.name != OUTPUT_MARK]
+    with progress.task("copying the recorded merge", sum(p.stat().st_size for p in files)) as advance:
+        for p in files:
+            target = dest / p.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, target)
+            advance(p.stat().st_size)
 
 
-def _remove_stale_partials(dest: Path) -> None:
-    """Remove temporary folders left beside ``dest`` by pulls that were killed."""
-    prefix = f".{dest.name}{PARTIAL_MARK}"
-    for entry in dest.parent.glob(f"{prefix}*"):
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and not pid_alive(int(pid_text)):
-            shutil.rmtree(entry, ignore_errors=True)
+def _model_types(resolved: Sequence[tuple[AdapterInput, compat.AdapterSide, str | None]]) -> list[str | None]:
+    return [side.model_type for _, side, _ in resolved]
 
 
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    if dest.is_dir() and not any(dest.iterdir()):
-        dest.rmdir()
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.lorahub-old-{os.getpid()}-{secrets.token_hex(4)}"
-        dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(dest)
-    with contextlib.suppress(OSError):
-        fsync_dir(dest.parent)
+def _input_folders(specs: Iterable[str]) -> list[Protected]:
+    """The folders among a command's inputs (a base or adapter given as a path)."""
+    return [Protected(Path(spec), "one of this command's inputs") for spec in specs if Path(spec).is_dir()]

@@ -3,7 +3,7 @@
 Fingerprints (see ``BaseModelInfo``): per tensor, ``name\\tdtype\\tshape\\tsha256(bytes)``; the
 content fingerprint hashes these lines sorted by name, the structure fingerprint the same lines
 without the hashes. Tensor hashes are computed in parallel across cores and cached by
-(path, size, mtime, inode), so re-reading an unchanged folder hashes nothing.
+(path, size, mtime, ctime, inode), so re-reading an unchanged folder hashes nothing.
 
 A verdict compares an adapter's layout with a base's tensors:
 
@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lora_hub.errors import IntegrityError
 from lora_hub.formats.hf import ModelDir
 from lora_hub.formats.peft import ParseProblem
 from lora_hub.formats.safetensors_file import FLOAT_DTYPES, TensorInfo
@@ -48,7 +49,7 @@ from lora_hub.types import (
     WeightDiff,
 )
 
-StatKey = tuple[str, int, int, int]
+StatKey = tuple[str, int, int, int, int]  # (real path, size, mtime_ns, inode, ctime_ns)
 
 
 class HashCache(Protocol):
@@ -61,7 +62,7 @@ class HashCache(Protocol):
 
 def stat_key(path: Path) -> StatKey:
     st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 # --- hashing and fingerprints ------------------------------------------------------------------
@@ -77,7 +78,10 @@ def _hash_range(path: Path, start: int, end: int, advance: Advance | None) -> st
         while pos < end:
             n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
             if n <= 0:
-                raise OSError(f"{path}: unexpected end of file at byte {pos}")
+                raise IntegrityError(
+                    f"{path} ended at byte {pos}, inside a tensor: was it changed while being read?",
+                    hint="add the base again once nothing is writing to it",
+                )
             h.update(view[:n])
             pos += n
             if advance:
@@ -294,6 +298,17 @@ def check(adapter: AdapterSide, base: BaseModelInfo, base_label: str) -> CompatR
         problems.extend(
             _shape_problems(m.path, key, m.kind, m.in_features, m.out_features, m.a_shape, t.shape, fan_in_fan_out)
         )
+        if m.bias and km.resolve(m.path + ".bias", names) is None:
+            problems.append(
+                Problem(
+                    code="bias",
+                    module=m.path,
+                    expected=km.candidates(m.path + ".bias")[0],
+                    found=None,
+                    message=f"{m.path} has a LoRA bias (lora_bias=true) but the base layer has no bias tensor "
+                    f"{km.candidates(m.path + '.bias')[0]}; PEFT refuses to merge it too",
+                )
+            )
     for s in adapter.layout.saved_tensors:
         key = km.resolve(s.name, names)
         if key is None:

@@ -3,7 +3,20 @@
 Each class also inherits the matching builtin (``ValueError``, ``LookupError``, ...), so callers
 that do not know lora-hub can still catch it sensibly. Each message says what went wrong and
 what to do next; the CLI prints it on one line and exits non-zero (``LORAHUB_DEBUG=1`` adds the
-traceback).
+traceback). Each class carries the process exit code the CLI uses and the HTTP status a service
+answers with, so that both front ends map errors from the same table: the class itself.
+
+=========================  ====  ====  ============================================================
+class                      exit  HTTP  meaning
+=========================  ====  ====  ============================================================
+IncompatibleError          1     422   an adapter does not fit a base (every problem listed)
+(most input errors)        2     400   a name, argument, file or folder that cannot be used
+NotFoundError              2     404   something named does not exist
+DestinationExistsError     2     409   an output that may not be replaced as asked
+ConflictError              2     409   a change that conflicts with the catalog
+IntegrityError, MergeError 3     500   stored bytes that do not match, a merge that failed its check
+NotSupportedError          2     501   a feature this installation does not offer
+=========================  ====  ====  ============================================================
 """
 
 from __future__ import annotations
@@ -15,6 +28,9 @@ class LoraHubError(Exception):
     """Base of the hierarchy. ``hint`` is the next step for the user, if there is one."""
 
     exit_code: int = 2
+    http_status: int = 400
+    #: A stable machine-readable name, e.g. for ``--json`` errors and HTTP error bodies.
+    code: str = "error"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -24,6 +40,10 @@ class LoraHubError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def as_dict(self) -> dict[str, object]:
+        """``{"code", "message", "hint"}``: what ``--json`` prints under ``"error"``."""
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
 
 # --- input: names, references, arguments ---------------------------------------------------
 
@@ -31,9 +51,26 @@ class LoraHubError(Exception):
 class InvalidNameError(LoraHubError, ValueError):
     """A namespace, name or tag that does not follow the naming rules."""
 
+    code = "invalid_name"
+
 
 class InvalidArgumentError(LoraHubError, ValueError):
     """An argument that cannot be used as given (a metric, a filter, a size...)."""
+
+    code = "invalid_argument"
+
+
+class SettingsError(LoraHubError, ValueError):
+    """An environment variable or setting that cannot be used (``LORAHUB_HOME``, a database URL...)."""
+
+    code = "invalid_setting"
+
+
+class NotSupportedError(LoraHubError, RuntimeError):
+    """A feature that this installation or configuration does not offer (yet)."""
+
+    http_status = 501
+    code = "not_supported"
 
 
 # --- lookups ---------------------------------------------------------------------------------
@@ -41,6 +78,9 @@ class InvalidArgumentError(LoraHubError, ValueError):
 
 class NotFoundError(LoraHubError, LookupError):
     """Something named by the user does not exist."""
+
+    http_status = 404
+    code = "not_found"
 
 
 class AdapterNotFoundError(NotFoundError):
@@ -75,53 +115,83 @@ class BaseNotFoundError(NotFoundError):
 # --- files and formats -----------------------------------------------------------------------
 
 
-class InvalidAdapterError(LoraHubError, ValueError):
-    """An adapter folder, config or weights file that cannot be accepted."""
+class PathError(LoraHubError, ValueError):
+    """An error about a file or folder: the message starts with its path."""
 
     def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
         super().__init__(f"{path}: {message}" if path else message, hint=hint)
         self.path = path
+
+
+class InvalidAdapterError(PathError):
+    """An adapter folder, config or weights file that cannot be accepted."""
+
+    code = "invalid_adapter"
 
 
 class SafetensorsFormatError(InvalidAdapterError):
     """A safetensors file that breaks the format (or our stricter reading of it)."""
 
+    code = "invalid_safetensors"
+
 
 class PickleRefusedError(InvalidAdapterError):
     """A pickle file: refused without ever being unpickled."""
 
+    code = "pickle_refused"
 
-class InvalidModelError(LoraHubError, ValueError):
+
+class InvalidModelError(PathError):
     """A base model folder that cannot be read."""
 
-    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
-        super().__init__(f"{path}: {message}" if path else message, hint=hint)
-        self.path = path
+    code = "invalid_model"
 
 
 # --- storage and integrity ---------------------------------------------------------------------
 
 
 class DestinationExistsError(LoraHubError, FileExistsError):
-    """An output location that is not empty."""
+    """An output location that is not empty and may not be replaced as asked."""
+
+    http_status = 409
+    code = "destination_exists"
+
+
+class ProtectedPathError(LoraHubError, PermissionError):
+    """An output that is, holds or lies inside something lora-hub must not overwrite: its home,
+    its blob store or catalog, a registered base's folder, or one of the command's inputs."""
+
+    http_status = 409
+    code = "protected_path"
 
 
 class IntegrityError(LoraHubError, OSError):
     """Stored bytes that no longer match their digest, or a source that changed while read."""
 
     exit_code = 3
+    http_status = 500
+    code = "integrity"
 
 
 class StoreError(LoraHubError, OSError):
-    """The blob store cannot be used (missing, unwritable, unknown URL scheme...)."""
+    """The blob store cannot be used (missing, unwritable, full, unknown URL scheme...)."""
+
+    http_status = 503
+    code = "store"
 
 
 class CatalogError(LoraHubError, RuntimeError):
     """The catalog database cannot be used (unreachable, schema too new, ...)."""
 
+    http_status = 503
+    code = "catalog"
+
 
 class ConflictError(LoraHubError, RuntimeError):
     """A change that conflicts with the catalog's current state."""
+
+    http_status = 409
+    code = "conflict"
 
 
 # --- compatibility, merging -----------------------------------------------------------------
@@ -131,6 +201,8 @@ class IncompatibleError(LoraHubError, ValueError):
     """An adapter that does not fit a base. ``problems`` lists every problem found."""
 
     exit_code = 1
+    http_status = 422
+    code = "incompatible"
 
     def __init__(self, message: str, *, problems: Sequence[str] = (), hint: str | None = None) -> None:
         full = message + ("".join(f"\n  - {p}" for p in problems) if problems else "")
@@ -142,3 +214,14 @@ class MergeError(LoraHubError, RuntimeError):
     """A merge that could not be carried out or failed its verification."""
 
     exit_code = 3
+    http_status = 500
+    code = "merge"
+
+
+class ExportError(LoraHubError, RuntimeError):
+    """An export that could not be carried out on this machine, or whose artifact failed its
+    parity check against the eager model."""
+
+    exit_code = 3
+    http_status = 500
+    code = "export"

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
+from lora_hub.errors import InvalidArgumentError
+
 CHUNK = 4 << 20  # 4 MiB: large enough that hashlib drops the GIL, small enough to stay in cache
 PREFIX = "sha256:"
 
@@ -24,10 +26,10 @@ def format_digest(hexdigest: str) -> str:
 
 
 def parse_digest(digest: str) -> str:
-    """``sha256:<64 hex>`` -> the hex part; ``ValueError`` for anything else."""
+    """``sha256:<64 hex>`` -> the hex part; ``InvalidArgumentError`` (a ``ValueError``) for anything else."""
     hexpart = digest.removeprefix(PREFIX)
     if not digest.startswith(PREFIX) or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        raise ValueError(f"not a sha256 digest: {digest!r}")
+        raise InvalidArgumentError(f"not a sha256 digest: {digest[:80]!r}", hint="digests look like sha256:<64 hex>")
     return hexpart
 
 

@@ -5,11 +5,15 @@
 | ``LORAHUB_HOME``        | ``~/.lorahub``                       | home folder (catalog, blobs)     |
 | ``LORAHUB_DATABASE_URL``| ``sqlite:///$LORAHUB_HOME/catalog.db`` | SQLAlchemy URL of the catalog  |
 | ``LORAHUB_STORE_URL``   | ``file://$LORAHUB_HOME/blobs``       | where blobs live                 |
-| ``LORAHUB_URL``         | unset                                | a ``lorahub serve`` to talk to   |
-| ``LORAHUB_TOKEN``       | unset                                | bearer token for ``LORAHUB_URL`` |
+| ``LORAHUB_URL``         | unset                                | reserved for a lora-hub server;  |
+|                         |                                      | not supported yet (an error)     |
+| ``LORAHUB_TOKEN``       | unset                                | reserved, with ``LORAHUB_URL``   |
 | ``LORAHUB_DEBUG``       | unset                                | ``1``: the CLI shows tracebacks  |
+| ``LORAHUB_PROGRESS``    | unset                                | ``1``: progress as plain lines   |
+|                         |                                      | when stderr is not a terminal    |
 | ``LORAHUB_DIRECT_IO``   | ``1``                                | ``0``: merges write through the  |
 |                         |                                      | page cache (see ``merge.writer``)|
+| ``LORAHUB_TORCH_THREADS``| cores - 1 (at least 1)              | torch threads of a CPU merge     |
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from lora_hub.errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class Settings:
     token: str | None = None
     debug: bool = False
     direct_io: bool = True
+    torch_threads: int | None = None
 
     @classmethod
     def from_env(
@@ -40,6 +47,11 @@ class Settings:
         """Explicit arguments win over the environment, which wins over the defaults."""
         env = os.environ
         home_path = Path(home or env.get("LORAHUB_HOME") or Path.home() / ".lorahub").expanduser().absolute()
+        if home_path.exists() and not home_path.is_dir():
+            raise SettingsError(
+                f"LORAHUB_HOME ({home_path}) is a file, not a folder",
+                hint="point LORAHUB_HOME at a folder (it is created if missing)",
+            )
         return cls(
             home=home_path,
             database_url=database_url or env.get("LORAHUB_DATABASE_URL") or f"sqlite:///{home_path / 'catalog.db'}",
@@ -48,4 +60,14 @@ class Settings:
             token=env.get("LORAHUB_TOKEN") or None,
             debug=env.get("LORAHUB_DEBUG", "") not in ("", "0", "false", "no"),
             direct_io=env.get("LORAHUB_DIRECT_IO", "1").lower() not in ("0", "false", "no"),
+            torch_threads=_positive_int(env, "LORAHUB_TORCH_THREADS"),
         )
+
+
+def _positive_int(env: os._Environ[str] | dict[str, str], key: str) -> int | None:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"{key} must be a positive whole number, got {raw!r}", hint=f"unset {key} for the default")
+    return int(raw)

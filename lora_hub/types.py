@@ -9,6 +9,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def human_bytes(n: float) -> str:
+    """``21633`` -> ``21.6 kB`` (decimal units, as ``list`` prints sizes)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -117,7 +126,15 @@ class AdapterVersion(_Model):
 class PushResult(_Model):
     version: AdapterVersion
     created: bool = Field(description="false when identical content was already stored as this version")
-    bytes_written: int
+    bytes_written: int = Field(
+        description="bytes this push wrote to the blob store; blobs already stored (by any version) cost nothing"
+    )
+    updated: list[str] = Field(
+        default_factory=list,
+        description="for content already stored: what this push applied to that version (metrics, tags, description)",
+    )
+    repaired: list[str] = Field(default_factory=list, description="stored blobs found damaged and rewritten")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class PullResult(_Model):
@@ -131,6 +148,31 @@ class GcReport(_Model):
     bytes_freed: int
     temp_files_removed: int
     dry_run: bool = False
+    partials_removed: int = Field(default=0, description="hidden partial output folders of killed pulls and merges")
+
+
+class DbStatus(_Model):
+    database: str = Field(description="the catalog's URL, password hidden")
+    revision: str
+
+
+class BlobCheck(_Model):
+    digest: str
+    size: int | None = Field(description="size found in the store; null when missing")
+    state: Literal["ok", "missing", "corrupted"]
+    used_by: list[str] = Field(default_factory=list, description="versions and stored bases that refer to it")
+
+
+class VerifyReport(_Model):
+    """``lorahub verify``: every blob checked was re-read and re-hashed against its digest."""
+
+    blobs_checked: int
+    bytes_checked: int
+    problems: list[BlobCheck] = Field(default_factory=list, description="only the blobs that are not ok")
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 class ListQuery(_Model):
@@ -146,7 +188,19 @@ class ListQuery(_Model):
     where: str | None = None
     sort: str | None = None
     limit: int = 50
+    offset: int = 0
     latest_only: bool = False
+
+
+class VersionPage(_Model):
+    """One page of a listing: ``items`` (at most ``limit``), starting at ``offset`` of ``total``."""
+
+    items: list[AdapterVersion]
+    offset: int
+    limit: int
+    total: int = Field(description="how many versions match in all (at least, when total_capped)")
+    total_capped: bool = Field(default=False, description="true when counting stopped at 10,000 past the offset")
+    notes: list[str] = Field(default_factory=list, description="e.g. a --sort metric that no listed version has")
 
 
 # --- base models and compatibility ------------------------------------------------------------
@@ -187,6 +241,11 @@ class BaseModelInfo(_Model):
     created_at: datetime | None = None
     lineage: dict[str, Any] | None = Field(default=None, description="for merged models: recipe and verification")
     tensors: dict[str, BaseTensor] | None = Field(default=None, description="omitted (null) in list results")
+    status: Literal["ok", "missing", "changed"] | None = Field(
+        default=None,
+        description="in base list/show: whether its folder still holds its weights (sizes checked, not hashes); "
+        "a stored base merges from the store either way",
+    )
 
 
 class BaseAddResult(_Model):
@@ -194,6 +253,7 @@ class BaseAddResult(_Model):
     created: bool
     hashed_bytes: int = Field(description="bytes hashed now; 0 when every shard's hashes came from the cache")
     stored_bytes: int = 0
+    warnings: list[str] = Field(default_factory=list)
 
 
 Verdict = Literal["exact", "compatible", "incompatible"]
@@ -204,7 +264,7 @@ class Problem(_Model):
 
     code: Literal[
         "architecture", "missing_module", "in_features", "out_features", "shape", "rank", "vocab_size",
-        "saved_tensor_shape", "dora_magnitude", "dtype", "adapter",
+        "saved_tensor_shape", "dora_magnitude", "dtype", "adapter", "target_modules", "bias",
     ]  # fmt: skip
     module: str | None = None
     expected: str | None = None
@@ -244,8 +304,16 @@ class CompatReport(_Model):
 
 
 class MergeReport(_Model):
-    """The verification of a merge: for every changed tensor, the relative error of a random
-    probe ``||W'x - (Wx + sum w s B(Ax))|| / || |W'| |x| ||`` and the tolerance it met."""
+    """The verification of a merge (``lora_hub.merge.verify``): every changed tensor checked
+    against an independent float64 recomputation of the recipe. ``checks`` says how, per tensor:
+    ``probe`` (``W'x`` against ``Wx + sum_i c_i s_i B_i(A_i x)``, all rows), ``rows`` (sampled rows
+    recomputed by the method's formula, entry by entry), ``threshold`` (each trim's cut counted
+    over the whole delta), ``dora``, ``bias`` (every entry), ``copy`` (a saved tensor, every entry).
+
+    ``errors`` holds, per tensor, its worst error as a fraction of its rounding bound
+    (``error_kind`` ``fraction_of_bound``; ``tolerances`` are then 1). Reports written before
+    these checks existed (``error_kind`` ``probe_relative``) hold the probe's relative error
+    ``||W'x - ref|| / (||W'||_F ||x||)`` and its tolerance, and none of the fields after it."""
 
     verified_tensors: int
     worst_error: float | None
@@ -253,6 +321,23 @@ class MergeReport(_Model):
     errors: dict[str, float]
     tolerances: dict[str, float]
     passed: bool
+    error_kind: str = Field(
+        default="probe_relative", description="fraction_of_bound (errors / rounding bound) or probe_relative (old)"
+    )
+    checks: dict[str, list[str]] = Field(default_factory=dict, description="per tensor: the checks applied")
+    rows_checked: dict[str, int] = Field(default_factory=dict, description="per tensor: rows compared entry by entry")
+    entries_checked: dict[str, int] = Field(default_factory=dict, description="per tensor: entries compared")
+    ambiguous: dict[str, int] = Field(
+        default_factory=dict,
+        description="per tensor: sampled entries left out, where rounding could flip a trim, sign vote or mean",
+    )
+    thresholds: dict[str, list[float | None]] = Field(
+        default_factory=dict,
+        description="per trimmed tensor: each adapter's checked cut |d| >= t, in recipe order (null: nothing cut)",
+    )
+    not_verified: list[str] = Field(
+        default_factory=list, description="changed tensors that no check compared (ideally none)"
+    )
 
 
 class MergeRecord(_Model):
@@ -272,6 +357,7 @@ class MergeResult(_Model):
     path: str
     record: MergeRecord
     reused: bool = Field(description="true when the same recipe was served from the catalog, not recomputed")
+    registered: str | None = Field(default=None, description="the base name this call registered the output as")
     tensors_merged: int = 0
     tensors_copied: int = Field(default=0, description="copied byte for byte (kernel-side)")
     tensors_converted: int = Field(default=0, description="unchanged but re-encoded to another dtype")

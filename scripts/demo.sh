@@ -17,7 +17,7 @@ step lorahub push .demo/chat-adapter --name acme/chat-lora --metric accuracy=0.7
 step lorahub list --where "accuracy>=0.7" --sort -accuracy
 step lorahub show acme/sql-lora:sql
 step lorahub pull acme/sql-lora:1 -o .demo/pulled
-step diff -r .demo/sql-adapter .demo/pulled
+step diff -r -x .lorahub-output.json .demo/sql-adapter .demo/pulled
 echo "pulled folder is byte-identical to the pushed one"
 step lorahub validate acme/sql-lora --base tiny-llama
 step lorahub validate .demo/chat-adapter --base .demo/tiny-llama

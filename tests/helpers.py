@@ -132,8 +132,21 @@ def raw_safetensors(header: dict[str, Any] | bytes, data: bytes = b"", *, length
     return struct.pack("<Q", len(head) if length is None else length) + head + data
 
 
+OUTPUT_MARK = ".lorahub-output.json"  # lora-hub's marker in a folder it wrote (lora_hub._fs), not user content
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in ``folder``, sorted, lora-hub's marker excepted."""
+    return sorted(p.name for p in folder.iterdir() if p.name != OUTPUT_MARK)
+
+
 def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` by relative path (lora-hub's own marker file excepted)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != OUTPUT_MARK
+    }
 
 
 def run_until_hang(args: list[str], env: dict[str, str], point: str, marker: Path) -> subprocess.Popen[bytes]:
@@ -160,3 +173,9 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+def blob_path(home: Path, digest: str) -> Path:
+    """Where the local blob store keeps ``digest`` (``<home>/blobs/sha256/<2 hex>/<64 hex>``, as the README says)."""
+    hexd = digest.removeprefix("sha256:")
+    return Path(home) / "blobs" / "sha256" / hexd[:2] / hexd

@@ -22,7 +22,7 @@ from lora_hub.errors import (
 )
 from lora_hub.hashing import hash_file
 from lora_hub.types import ListQuery
-from tests.helpers import adapter_config, adapter_tensors, tree_bytes, write_adapter
+from tests.helpers import adapter_config, adapter_tensors, blob_path, tree_bytes, write_adapter
 
 
 def blob_count(hub: Hub) -> int:
@@ -129,7 +129,7 @@ def test_missing_things_name_what_exists(hub: Hub, tmp_path: Path) -> None:
 
 
 def _assert_nothing_stored(hub: Hub) -> None:
-    assert hub.list() == []
+    assert hub.list_versions() == []
     assert blob_count(hub) == 0
 
 
@@ -186,9 +186,14 @@ def test_pull_refuses_non_empty_folder_unless_forced(hub: Hub, tmp_path: Path) -
     dest = tmp_path / "out"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
-    with pytest.raises(DestinationExistsError, match="not empty"):
-        hub.pull("acme/x", dest)
+    for force in (False, True):  # --force replaces only what lora-hub wrote
+        with pytest.raises(DestinationExistsError, match="not empty"):
+            hub.pull("acme/x", dest, force=force)
     assert tree_bytes(dest) == {"keep.txt": b"mine"}
+    hub.pull("acme/x", dest, overwrite=True)
+    assert tree_bytes(dest) == tree_bytes(src)
+    with pytest.raises(DestinationExistsError, match="earlier lora-hub pull"):
+        hub.pull("acme/x", dest)
     hub.pull("acme/x", dest, force=True)
     assert tree_bytes(dest) == tree_bytes(src)
     (tmp_path / "empty").mkdir()
@@ -203,8 +208,8 @@ def test_pull_of_corrupted_blob_fails_and_leaves_nothing(hub: Hub, tmp_path: Pat
     src = write_adapter(tmp_path / "a")
     v = hub.push(src, "acme/x").version
     weights = next(f for f in v.files if f.path == "adapter_model.safetensors")
-    blob = hub.store.local_path(weights.digest)
-    assert blob is not None
+    blob = blob_path(hub.settings.home, weights.digest)
+    assert blob.is_file()
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -220,7 +225,7 @@ def test_pull_of_corrupted_blob_fails_and_leaves_nothing(hub: Hub, tmp_path: Pat
 def test_list_filters_where_sort(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broad_rows: int) -> None:
     """The same answers whichever way a condition is planned: a join that drives the query, or a
     per-row check (what SQLite gets for conditions that match many rows; see ``_apply_condition``)."""
-    monkeypatch.setattr("lora_hub.catalog.repo._BROAD_ROWS", broad_rows)
+    monkeypatch.setattr("lora_hub.catalog.listing._BROAD_ROWS", broad_rows)
     specs = [
         ("acme/a", 4, {"accuracy": 0.9, "bleu": 10.0}, ["q_proj", "v_proj"]),
         ("acme/b", 8, {"accuracy": 0.7}, ["q_proj"]),
@@ -237,7 +242,7 @@ def test_list_filters_where_sort(hub: Hub, tmp_path: Path, monkeypatch: pytest.M
         hub.push(src, name, metrics=metrics, tags=["prod"] if name == "acme/c" else [])
 
     def refs(**kw: object) -> list[str]:
-        return [v.ref for v in hub.list(ListQuery.model_validate(kw))]
+        return [v.ref for v in hub.list_versions(ListQuery.model_validate(kw))]
 
     assert refs() == ["other/d:1", "acme/c:1", "acme/b:1", "acme/a:1"]
     assert refs(where="accuracy>=0.8", sort="-accuracy") == ["acme/a:1", "acme/c:1"]
@@ -257,8 +262,8 @@ def test_list_filters_where_sort(hub: Hub, tmp_path: Path, monkeypatch: pytest.M
     assert refs(where="accuracy>=0.8 and rank<=8", sort="-bleu") == ["acme/a:1"]
     assert refs(where="bleu>=5", sort="accuracy") == ["acme/c:1", "acme/a:1"]
     assert refs(where="bleu>=5") == ["acme/c:1", "acme/a:1"]
-    assert refs(sort="-size", limit=1) == [max(hub.list(ListQuery()), key=lambda v: v.facts.size_bytes).ref]
-    listed = hub.list(ListQuery())
+    assert refs(sort="-size", limit=1) == [max(hub.list_versions(ListQuery()), key=lambda v: v.facts.size_bytes).ref]
+    listed = hub.list_versions(ListQuery())
     assert all(v.layout is None for v in listed)
 
 
@@ -266,15 +271,15 @@ def test_list_latest_only(hub: Hub, tmp_path: Path) -> None:
     hub.push(write_adapter(tmp_path / "a1", seed=1), "acme/a", metrics={"accuracy": 0.9})
     hub.push(write_adapter(tmp_path / "a2", seed=2), "acme/a", metrics={"accuracy": 0.1})
     hub.push(write_adapter(tmp_path / "b1", seed=3), "acme/b", metrics={"accuracy": 0.5})
-    refs = [v.ref for v in hub.list(ListQuery(latest_only=True, sort="-accuracy"))]
+    refs = [v.ref for v in hub.list_versions(ListQuery(latest_only=True, sort="-accuracy"))]
     assert refs == ["acme/b:1", "acme/a:2"]
 
 
 def test_list_rejects_bad_limits(hub: Hub) -> None:
     with pytest.raises(InvalidArgumentError):
-        hub.list(ListQuery(limit=0))
+        hub.list_versions(ListQuery(limit=0))
     with pytest.raises(InvalidArgumentError, match="sorted on"):
-        hub.list(ListQuery(where="created>1"))
+        hub.list_versions(ListQuery(where="created>1"))
 
 
 def test_gc_removes_only_unreferenced_blobs(hub: Hub, tmp_path: Path) -> None:

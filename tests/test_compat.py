@@ -714,7 +714,7 @@ def test_push_refuses_an_adapter_that_does_not_fit(hub: Hub, zoo: Zoo, adapter: 
         assert all("136 tokens" in p and "128" in p for p in err.problems)
     else:
         assert all("input features" in p or "output features" in p for p in err.problems)
-    assert hub.list() == []
+    assert hub.list_versions() == []
     assert list(hub.store.digests()) == []
     with pytest.raises(NotFoundError):
         hub.show("acme/bad")
@@ -733,7 +733,7 @@ def test_list_base_finds_the_adapters_that_fit(hub: Hub, zoo: Zoo) -> None:
     hub.base_add(zoo.llama_other, "llama-other")  # registered after every push
 
     def refs(base: str) -> set[str]:
-        return {v.ref for v in hub.list(base=base)}
+        return {v.ref for v in hub.list_versions(base=base)}
 
     fitting = {"acme/before:1", "acme/bare:1", "acme/pinned:1"}
     assert refs("llama") == fitting
@@ -755,17 +755,17 @@ def test_list_base_leaves_out_other_architectures(hub: Hub, zoo: Zoo, order: str
         hub.base_add(zoo.llama, "llama")
         hub.push(zoo.ad_mistral, "acme/mistral")
     assert hub.validate("acme/mistral:1", "llama").verdict == "incompatible"
-    assert [v.ref for v in hub.list(base="llama")] == []
+    assert [v.ref for v in hub.list_versions(base="llama")] == []
 
 
 def test_list_base_after_the_name_is_reused_for_another_model(hub: Hub, zoo: Zoo) -> None:
     hub.base_add(zoo.llama, "base")
     hub.push(zoo.ad_llama, "acme/qv", base="base")
-    assert [v.ref for v in hub.list(base="base")] == ["acme/qv:1"]
+    assert [v.ref for v in hub.list_versions(base="base")] == ["acme/qv:1"]
     hub.base_remove("base")
     hub.base_add(zoo.gpt2, "base")
     assert hub.validate("acme/qv:1", "base").verdict == "incompatible"
-    assert [v.ref for v in hub.list(base="base")] == []
+    assert [v.ref for v in hub.list_versions(base="base")] == []
 
 
 # --- base list / show / remove, errors --------------------------------------------------------------------------
@@ -786,7 +786,7 @@ def test_base_remove(hub: Hub, zoo: Zoo) -> None:
     kept = hub.show("acme/qv:1")
     assert (kept.base, kept.base_fingerprint) == ("llama", added.content_fingerprint)
     assert (zoo.llama / "model.safetensors").is_file()
-    assert hub.list(base="llama") == []
+    assert hub.list_versions(base="llama") == []
 
 
 def test_base_name_conflict(hub: Hub, zoo: Zoo) -> None:

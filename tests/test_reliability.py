@@ -52,7 +52,7 @@ def test_concurrent_pushes_get_unique_gap_free_versions(tmp_path: Path, catalog_
     assert got == list(range(1, WORKERS * PUSHES_EACH + 1))
     with Hub(home, database_url=catalog_url) as hub:
         assert hub.versions("acme/race") == list(range(1, 41))
-        listed = hub.list(ListQuery(name="race", limit=100))
+        listed = hub.list_versions(ListQuery(name="race", limit=100))
         assert len({v.digest for v in listed}) == 40
         # every version holds the folder its pusher sent
         pushed = {v: f for _, pairs in outcomes for v, f in pairs}
@@ -94,7 +94,7 @@ def test_push_killed_midway_leaves_no_adapter_and_gc_cleans_up(
     proc = run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, point, tmp_path / "parked")
     kill(proc)
     hub = Hub()
-    assert hub.list() == []
+    assert hub.list_versions() == []
     temp_dir = Path(lorahub_env["LORAHUB_HOME"]) / "blobs" / "tmp"
     leftovers = list(temp_dir.iterdir())
     assert len(leftovers) == (1 if point == "store.put.before_fsync" else 0)
@@ -112,7 +112,7 @@ def test_orphan_blob_of_killed_push_is_collected(tmp_path: Path, lorahub_env: di
     src = write_adapter(tmp_path / "a")
     kill(run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, "push.before_catalog", tmp_path / "p"))
     hub = Hub()
-    assert hub.list() == []
+    assert hub.list_versions() == []
     assert hub.gc().blobs_removed == 2  # config + weights, never recorded
 
 

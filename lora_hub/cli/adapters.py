@@ -8,17 +8,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lora_hub.api import parse_metric_args
 from lora_hub.cli._common import (
+    ForceOpt,
     JsonOpt,
+    OverwriteOpt,
     RefArg,
     RichProgress,
+    clean,
     handle_errors,
     hub,
     human_bytes,
     human_count,
     out,
+    parse_metric_args,
     print_json,
+    say,
+    warn,
 )
 from lora_hub.types import AdapterVersion, BaseModelInfo, ListQuery
 
@@ -31,14 +36,20 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def push(
     path: Annotated[
-        Path, typer.Argument(help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors).")
+        Path,
+        typer.Argument(metavar="DIR", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."),
     ],
-    name: Annotated[str, typer.Option("--name", "-n", help="[namespace/]name to store it under.")],
-    metric: Annotated[list[str], typer.Option("--metric", "-m", help="KEY=VALUE; repeat for more.")] = [],  # noqa: B006
-    tag: Annotated[list[str], typer.Option("--tag", "-t", help="Tag to point at this version; repeatable.")] = [],  # noqa: B006
-    description: Annotated[str | None, typer.Option("--description", "-d")] = None,
+    name: Annotated[str, typer.Option("--name", "-n", metavar="NAME", help="[namespace/]name to store it under.")],
+    metric: Annotated[
+        list[str], typer.Option("--metric", "-m", metavar="KEY=VALUE", help="KEY=VALUE; repeat for more.")
+    ] = [],  # noqa: B006
+    tag: Annotated[
+        list[str], typer.Option("--tag", "-t", metavar="TAG", help="Tag to point at this version; repeatable.")
+    ] = [],  # noqa: B006
+    description: Annotated[str | None, typer.Option("--description", "-d", metavar="TEXT")] = None,
     base: Annotated[
-        str | None, typer.Option("--base", "-b", help="Base it was trained on (registered name or model folder).")
+        str | None,
+        typer.Option("--base", "-b", metavar="BASE", help="Base it was trained on (registered name or model folder)."),
     ] = None,
     json: JsonOpt = False,
 ) -> None:
@@ -59,53 +70,67 @@ def push(
         base=base,
         progress=RichProgress(not json),
     )
+    for w in result.warnings:
+        warn(w)
     if json:
         print_json(result)
         return
     v = result.version
-    note = (
-        f"new, {human_bytes(result.bytes_written)} written"
-        if result.created
-        else "unchanged: identical content is already this version"
-    )
-    out.print(f"{v.ref}  {v.digest}  ({note})")
+    if result.created:
+        note = f"new, {human_bytes(result.bytes_written)} written"
+    else:
+        note = "unchanged: identical content is already this version"
+        if result.updated:
+            note += "; applied " + ", ".join(result.updated)
+    if result.repaired:
+        note += f"; rewrote {len(result.repaired)} damaged stored blob(s): {', '.join(result.repaired)}"
+    say(f"{v.ref}  {v.digest}  ({note})")
 
 
 @handle_errors
 def pull(
     ref: RefArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the adapter to.")],
-    force: Annotated[bool, typer.Option("--force", "-f", help="Replace OUTPUT if it is not empty.")] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write the adapter to.")],
+    force: ForceOpt = False,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Write an adapter version as a PEFT folder, byte-identical to what was pushed.
 
+    DIR must be absent or empty; --force replaces an earlier lora-hub output there, --overwrite
+    any folder. DIR can never be lora-hub's home, store or catalog, nor a registered base's folder.
+
     Example: lorahub pull acme/sql-lora:1 -o ./out
     """
-    result = hub().pull(ref, output, force=force, progress=RichProgress(not json))
+    result = hub().pull(ref, output, force=force, overwrite=overwrite, progress=RichProgress(not json))
     if json:
         print_json(result)
         return
     v = result.version
-    out.print(
-        f"{v.ref} -> {result.path}  ({len(v.files)} files, {human_bytes(result.bytes_written)}, digests verified)"
-    )
+    say(f"{v.ref} -> {result.path}  ({len(v.files)} files, {human_bytes(result.bytes_written)}, digests verified)")
 
 
 @handle_errors
 def list_(
-    namespace: Annotated[str | None, typer.Option("--namespace", help="Only this namespace.")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", metavar="NS", help="Only this namespace.")] = None,
     base: Annotated[
-        str | None, typer.Option("--base", help="Only adapters that fit this registered base (or name it).")
+        str | None,
+        typer.Option("--base", metavar="BASE", help="Only adapters that fit this registered base (or name it)."),
     ] = None,
-    rank: Annotated[int | None, typer.Option("--rank", help="Only this LoRA rank.")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", metavar="N", help="Only this LoRA rank.")] = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="Only adapters that target this module, e.g. q_proj.")
+        str | None,
+        typer.Option("--target", metavar="MODULE", help="Only adapters that target this module, e.g. q_proj."),
     ] = None,
-    tag: Annotated[str | None, typer.Option("--tag", help="Only versions carrying this tag.")] = None,
-    where: Annotated[str | None, typer.Option("--where", help='Conditions, e.g. "accuracy>=0.8 and rank<=16".')] = None,
-    sort: Annotated[str | None, typer.Option("--sort", help="Field or metric; prefix '-' for descending.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 50,
+    tag: Annotated[str | None, typer.Option("--tag", metavar="TAG", help="Only versions carrying this tag.")] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", metavar="CONDITIONS", help='Conditions, e.g. "accuracy>=0.8 and rank<=16".')
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option("--sort", metavar="FIELD", help="Field or metric; prefix '-' for descending.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="At most this many rows (up to 10000).")] = 50,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip this many rows first.")] = 0,
     latest: Annotated[bool, typer.Option("--latest", help="Only the newest version of each name.")] = False,
     json: JsonOpt = False,
 ) -> None:
@@ -114,7 +139,7 @@ def list_(
     Fields for --where and --sort: version, rank, alpha, params, size, dtype, task_type,
     base_model, name, namespace, created (sort only); any other word is a metric.
     """
-    rows = hub().list(
+    page = hub().search(
         ListQuery(
             namespace=namespace,
             base=base,
@@ -124,32 +149,45 @@ def list_(
             where=where,
             sort=sort,
             limit=limit,
+            offset=offset,
             latest_only=latest,
         )
     )
+    for note in page.notes:
+        warn(note)
     if json:
-        print_json(rows)
+        print_json(page.items)
         return
-    if not rows:
-        out.print("no adapters match")
+    if not page.items:
+        say("no adapters match" if page.total == 0 else f"no rows past --offset {offset} ({page.total} match)")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("REF", "TAGS", "RANK", "ALPHA", "TARGETS", "DTYPE", "SIZE", "METRICS", "CREATED"):
         table.add_column(col, overflow="fold")
-    for v in rows:
+    for v in page.items:
         f = v.facts
         table.add_row(
-            v.ref,
-            ",".join(v.tags) or "-",
-            str(f.rank) + ("*" if f.rank_pattern else ""),
-            f"{f.alpha:g}",
-            ",".join(f.target_modules),
-            f.dtype,
-            human_bytes(f.size_bytes),
-            " ".join(f"{k}={val:g}" for k, val in v.metrics.items()) or "-",
-            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            *(
+                clean(cell)
+                for cell in (
+                    v.ref,
+                    ",".join(v.tags) or "-",
+                    str(f.rank) + ("*" if f.rank_pattern else ""),
+                    f"{f.alpha:g}",
+                    ",".join(f.target_modules),
+                    f.dtype,
+                    human_bytes(f.size_bytes),
+                    " ".join(f"{k}={val:g}" for k, val in v.metrics.items()) or "-",
+                    v.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+            )
         )
     out.print(table)
+    shown = len(page.items)
+    if page.offset or shown < page.total:
+        total = f"{page.total:,}" + ("+" if page.total_capped else "")
+        first, last = page.offset + 1, page.offset + shown
+        say(f"showing {first}-{last} of {total} (use --limit and --offset for more)")
 
 
 @handle_errors
@@ -159,16 +197,20 @@ def show(ref: RefArg, json: JsonOpt = False) -> None:
 
     Example: lorahub show acme/sql-lora:prod
     """
-    v = hub().show_any(ref)
+    h = hub()
+    v = h.show_any(ref)
     if json:
         print_json(v)
         return
     if isinstance(v, BaseModelInfo):
-        from lora_hub.cli.bases import _print_base
+        from lora_hub.cli.bases import _print_base  # moves to a render module with the layout work
 
         _print_base(v, all_tensors=False)
         return
     _print_version(v)
+    clash = h.name_clash(ref)
+    if clash:
+        say(f"note: {clash}")
 
 
 def _print_version(v: AdapterVersion) -> None:
@@ -208,16 +250,16 @@ def _print_version(v: AdapterVersion) -> None:
         lines.append(("modules", f"{len(v.layout.modules)} LoRA modules, {len(v.layout.saved_tensors)} saved tensors"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        out.print(f"{key:<{width}}  {value}", markup=False)
-    out.print("files", markup=False)
+        say(f"{key:<{width}}  {value}")
+    say("files")
     for entry in v.files:
-        out.print(f"  {entry.path}  {human_bytes(entry.size)}  {entry.digest}", markup=False)
+        say(f"  {entry.path}  {human_bytes(entry.size)}  {entry.digest}")
 
 
 @handle_errors
 def tag(
     ref: RefArg,
-    tag: Annotated[str, typer.Argument(help="Tag name, e.g. prod.")],
+    tag: Annotated[str, typer.Argument(metavar="TAG", help="Tag name, e.g. prod.")],
     delete: Annotated[bool, typer.Option("--delete", help="Remove the tag instead.")] = False,
     json: JsonOpt = False,
 ) -> None:
@@ -227,7 +269,7 @@ def tag(
     """
     h = hub()
     if delete:
-        v = h.untag(ref.split(":", 1)[0], tag)
+        v = h.untag(ref, tag)
         message = f"removed tag {tag} from {v.ref}"
     else:
         v = h.tag(ref, tag)
@@ -235,7 +277,7 @@ def tag(
     if json:
         print_json(v)
     else:
-        out.print(message, markup=False)
+        say(message)
 
 
 @handle_errors
@@ -248,4 +290,4 @@ def rm(ref: RefArg, json: JsonOpt = False) -> None:
     if json:
         print_json(v)
     else:
-        out.print(f"removed {v.ref} (run `lorahub gc` to free its storage)", markup=False)
+        say(f"removed {v.ref} (run `lorahub gc` to free its storage)")

@@ -8,18 +8,32 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, human_bytes, human_count, out, print_json
+from lora_hub.cli._common import (
+    JsonOpt,
+    RichProgress,
+    clean,
+    handle_errors,
+    hub,
+    human_bytes,
+    human_count,
+    out,
+    print_json,
+    say,
+    warn,
+)
 from lora_hub.types import BaseModelInfo, CompatReport
 
-app = typer.Typer(help="Register and inspect base models.", no_args_is_help=True)
-BaseArg = Annotated[str, typer.Argument(help="Registered base name.", show_default=False)]
+app = typer.Typer(help="Register and inspect base models.", no_args_is_help=True, rich_markup_mode=None)
+BaseArg = Annotated[str, typer.Argument(metavar="NAME", help="Registered base name.", show_default=False)]
 
 
 @app.command("add")
 @handle_errors
 def add(
-    path: Annotated[Path, typer.Argument(help="HF model folder: config.json + model.safetensors or shards + index.")],
-    name: Annotated[str, typer.Option("--name", "-n", help="Name to register it under.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="DIR", help="HF model folder: config.json + model.safetensors or shards + index.")
+    ],
+    name: Annotated[str, typer.Option("--name", "-n", metavar="NAME", help="Name to register it under.")],
     store: Annotated[bool, typer.Option("--store", help="Also copy the files into the blob store.")] = False,
     json: JsonOpt = False,
 ) -> None:
@@ -31,6 +45,8 @@ def add(
     Example: lorahub base add ./Llama-3.2-1B --name llama-3.2-1b
     """
     result = hub().base_add(path, name, store=store, progress=RichProgress(not json))
+    for w in result.warnings:
+        warn(w)
     if json:
         print_json(result)
         return
@@ -38,7 +54,7 @@ def add(
     what = "registered" if result.created else "unchanged"
     hashed = f"hashed {human_bytes(result.hashed_bytes)}" if result.hashed_bytes else "hashes from cache"
     stored = f", stored {human_bytes(result.stored_bytes)}" if result.stored_bytes else ""
-    out.print(f"{b.name}  {b.content_fingerprint}  ({what}; {b.num_tensors} tensors, {hashed}{stored})", markup=False)
+    say(f"{b.name}  {b.content_fingerprint}  ({what}; {b.num_tensors} tensors, {hashed}{stored})")
 
 
 @app.command("list")
@@ -50,19 +66,20 @@ def list_(json: JsonOpt = False) -> None:
         print_json(bases)
         return
     if not bases:
-        out.print("no bases registered (add one with `lorahub base add DIR --name NAME`)")
+        say("no bases registered (add one with `lorahub base add DIR --name NAME`)")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("NAME", "MODEL_TYPE", "DTYPE", "PARAMS", "SIZE", "STORED", "FINGERPRINT"):
+    for col in ("NAME", "MODEL_TYPE", "DTYPE", "PARAMS", "SIZE", "STORED", "FOLDER", "FINGERPRINT"):
         table.add_column(col, no_wrap=True)
     for b in bases:
         table.add_row(
             b.name or "-",
-            b.model_type or "-",
+            clean(b.model_type or "-"),
             b.dtype,
             human_count(b.num_params),
             human_bytes(b.size_bytes),
             "yes" if b.stored else "no",
+            b.status or "-",
             b.content_fingerprint[:19] + "…",
         )
     out.print(table)
@@ -94,7 +111,7 @@ def _print_base(b: BaseModelInfo, all_tensors: bool) -> None:
         ("params", f"{b.num_params:,} ({human_count(b.num_params)})"),
         ("tensors", str(b.num_tensors)),
         ("size", human_bytes(b.size_bytes)),
-        ("path", b.path or "-"),
+        ("path", (b.path or "-") + (f"  ({b.status})" if b.status and b.status != "ok" else "")),
         ("stored", "yes (blob store)" if b.stored else "no"),
         ("added", b.created_at.isoformat(timespec="seconds") if b.created_at else "-"),
     ]
@@ -113,9 +130,19 @@ def _print_base(b: BaseModelInfo, all_tensors: bool) -> None:
         versions = ", ".join(f"{k} {v}" for k, v in b.lineage.get("versions", {}).items())
         out.print(f"  versions      {versions}", markup=False)
         worst = report.get("worst_error")
+        if report.get("error_kind") == "fraction_of_bound":
+            kinds = ["+".join(c) for c in report.get("checks", {}).values()]
+            how = ", ".join(f"{k} {kinds.count(k)}" for k in sorted(set(kinds))) or "none changed"
+            checked = f"tensors against a float64 recomputation ({how}), "
+            error = f"worst error {100 * worst:.3g}% of its rounding bound" if worst is not None else ""
+            unchecked = f", {len(report.get('not_verified', []))} NOT verified" if report.get("not_verified") else ""
+        else:  # a record from before those checks: the probe's relative error
+            checked, unchecked = "tensors by a probe, ", ""
+            error = f"worst relative error {worst:.3g}" if worst is not None else ""
         out.print(
-            f"  verification  {report.get('verified_tensors')} tensors, "
-            + (f"worst relative error {worst:.3g} ({report.get('worst_tensor')})" if worst is not None else "no probes")
+            f"  verification  {report.get('verified_tensors')} {checked}"
+            + (f"{error} ({report.get('worst_tensor')})" if worst is not None else "nothing to compare")
+            + unchecked
             + (", passed" if report.get("passed") else ", FAILED"),
             markup=False,
         )
@@ -136,13 +163,15 @@ def rm(name: BaseArg, json: JsonOpt = False) -> None:
     if json:
         print_json(b)
     else:
-        out.print(f"removed base {b.name}", markup=False)
+        say(f"removed base {b.name}")
 
 
 @handle_errors
 def validate(
-    adapter: Annotated[str, typer.Argument(help="Adapter reference, or a PEFT adapter folder.")],
-    base: Annotated[str, typer.Option("--base", "-b", help="Registered base name, or an HF model folder.")],
+    adapter: Annotated[str, typer.Argument(metavar="ADAPTER", help="Adapter reference, or a PEFT adapter folder.")],
+    base: Annotated[
+        str, typer.Option("--base", "-b", metavar="BASE", help="Registered base name, or an HF model folder.")
+    ],
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 1) on 'compatible' too.")] = False,
     json: JsonOpt = False,
 ) -> None:
@@ -150,6 +179,7 @@ def validate(
 
     Exit code: 0 for exact or compatible, 1 for incompatible (and for compatible with --strict).
 
+    \b
     Examples: lorahub validate acme/sql:3 --base llama-3.2-1b
               lorahub validate ./some-peft-dir --base ./some-model-dir
     """
@@ -164,15 +194,15 @@ def validate(
 
 def _print_report(r: CompatReport) -> None:
     count = f", {len(r.problems)} problem(s)" if r.problems else ""
-    out.print(f"{r.adapter} on {r.base}: {r.verdict}{count}", markup=False)
+    say(f"{r.adapter} on {r.base}: {r.verdict}{count}")
     for p in r.problems:
-        out.print(f"  - [{p.code}] {p.message}", markup=False)
+        say(f"  - [{p.code}] {p.message}")
     for note in r.notes:
-        out.print(f"  {note}", markup=False)
+        say(f"  {note}")
     if r.diff is not None:
         d = r.diff
         if d.tensors_differing == 0:
-            out.print(f"  weights: all {d.tensors_compared} target tensors are identical", markup=False)
+            say(f"  weights: all {d.tensors_compared} target tensors are identical")
         else:
             size = (
                 f"; relative difference max {d.max_relative_diff:.4g} ({d.worst_tensor}), "
@@ -180,10 +210,8 @@ def _print_report(r: CompatReport) -> None:
                 if d.max_relative_diff is not None
                 else ""
             )
-            out.print(
-                f"  weights: {d.tensors_differing} of {d.tensors_compared} target tensors differ{size}", markup=False
-            )
-    if r.key_mapping.get("strip") or r.key_mapping.get("add"):
-        out.print(
-            f"  key mapping: strip {r.key_mapping['strip'] or '-'!r}, add {r.key_mapping['add'] or '-'!r}", markup=False
-        )
+            say(f"  weights: {d.tensors_differing} of {d.tensors_compared} target tensors differ{size}")
+    strip, add = r.key_mapping.get("strip"), r.key_mapping.get("add")
+    if strip or add:
+        steps = [f"without the prefix {strip!r}" if strip else "", f"with the prefix {add!r}" if add else ""]
+        say(f"  key mapping: the base's tensors are the adapter's module paths {' and '.join(s for s in steps if s)}")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lora_hub import __version__
-from lora_hub.cli import adapters, admin, bases, merge, metrics
+from lora_hub.cli import adapters, admin, bases, export, merge, metrics, rank
 
 app = typer.Typer(
     name="lorahub",
@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -41,10 +42,16 @@ adapters.register(app)
 app.command("validate")(bases.validate)
 app.command("merge")(merge.merge)
 app.command("combine")(merge.combine)
+app.command("analyze")(rank.analyze)
+app.command("reduce")(rank.reduce)
+app.command("extract")(rank.extract)
 app.command("methods")(merge.methods)
+app.command("export")(export.export)
+app.command("exporters")(export.exporters)
 app.add_typer(bases.app, name="base")
 app.add_typer(metrics.app, name="metrics")
 app.command("gc")(admin.gc)
+app.command("verify")(admin.verify)
 app.add_typer(admin.db_app, name="db")
 
 

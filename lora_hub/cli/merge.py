@@ -7,15 +7,35 @@ from typing import Annotated
 
 import typer
 
-from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, human_bytes, out, print_json
+from lora_hub.cli._common import (
+    ForceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    RichProgress,
+    handle_errors,
+    hub,
+    human_bytes,
+    out,
+    print_json,
+)
 from lora_hub.errors import InvalidArgumentError
 
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="How adapters combine; see `lorahub methods`.")]
-DensityOpt = Annotated[float | None, typer.Option("--density", help="Fraction kept (ties, dare_*, magnitude_prune).")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the random methods (dare_*); default 0.")]
-MajorityOpt = Annotated[str | None, typer.Option("--majority-sign", help="ties sign election: sum or count.")]
-LambdaOpt = Annotated[float | None, typer.Option("--lambda", help="task_arithmetic's scale.")]
-ParamOpt = Annotated[list[str], typer.Option("--param", help="Other method parameter, KEY=VALUE; repeatable.")]
+MethodOpt = Annotated[
+    str, typer.Option("--method", metavar="NAME", help="How adapters combine; see `lorahub methods`.")
+]
+DensityOpt = Annotated[
+    float | None, typer.Option("--density", metavar="D", help="Fraction kept (ties, dare_*, magnitude_prune).")
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", metavar="N", help="Seed of the random methods (dare_*); default 0.")
+]
+MajorityOpt = Annotated[
+    str | None, typer.Option("--majority-sign", metavar="sum|count", help="ties sign election: sum or count.")
+]
+LambdaOpt = Annotated[float | None, typer.Option("--lambda", metavar="L", help="task_arithmetic's scale.")]
+ParamOpt = Annotated[
+    list[str], typer.Option("--param", metavar="KEY=VALUE", help="Other method parameter, KEY=VALUE; repeatable.")
+]
 
 
 def method_params(
@@ -35,29 +55,44 @@ def method_params(
 @handle_errors
 def merge(
     adapters: Annotated[
-        list[str], typer.Argument(help="Adapters to merge: REF[@WEIGHT] or FOLDER[@WEIGHT] (weight 1 by default).")
+        list[str],
+        typer.Argument(
+            metavar="ADAPTER", help="Adapters to merge: REF[@WEIGHT] or FOLDER[@WEIGHT] (weight 1 by default)."
+        ),
     ],
-    base: Annotated[str, typer.Option("--base", "-b", help="Registered base name, or an HF model folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the merged model to.")],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Register the result as a base model.")] = None,
+    base: Annotated[
+        str, typer.Option("--base", "-b", metavar="BASE", help="Registered base name, or an HF model folder.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write the merged model to.")],
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", metavar="NAME", help="Register the result as a base model.")
+    ] = None,
     method: MethodOpt = "linear",
     density: DensityOpt = None,
     seed: SeedOpt = None,
     majority_sign: MajorityOpt = None,
     lambda_: LambdaOpt = None,
     param: ParamOpt = [],  # noqa: B006
-    device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu or cuda.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="auto (keep the base's), bfloat16, float16 or float32.")
+    device: Annotated[
+        str, typer.Option("--device", metavar="DEVICE", help="auto (cuda if present), cpu or cuda.")
     ] = "auto",
-    shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB.")] = "5GB",
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Recompute even if recorded, and replace a non-empty OUTPUT.")
+    dtype: Annotated[
+        str,
+        typer.Option("--dtype", metavar="DTYPE", help="auto (keep the base's), bfloat16, float16, float32 or float64."),
+    ] = "auto",
+    shard_size: Annotated[
+        str, typer.Option("--shard-size", metavar="SIZE", help="Largest output shard, e.g. 5GB.")
+    ] = "5GB",
+    recompute: Annotated[
+        bool, typer.Option("--recompute", help="Merge again even if this recipe's output is recorded.")
     ] = False,
+    force: ForceOpt = False,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Merge adapters into a base: W' = W + sum_i w_i * s_i * B_i @ A_i, streamed and verified.
 
+    \b
     Examples:
       lorahub merge --base llama-3.2-1b acme/sql:3 -o ./merged --name acme/llama-sql
       lorahub merge --base llama-3.2-1b acme/sql:3@0.7 acme/chat:1@0.3 -o ./merged
@@ -73,7 +108,9 @@ def merge(
         dtype=dtype,
         device=device,
         shard_size=shard_size,
+        recompute=recompute,
         force=force,
+        overwrite=overwrite,
         progress=RichProgress(not json),
     )
     if json:
@@ -95,34 +132,61 @@ def merge(
             f"peak memory {human_bytes(result.peak_rss_bytes)}",
             markup=False,
         )
-    worst = (
-        f"worst relative error {report.worst_error:.3g} ({report.worst_tensor})"
-        if report.worst_error is not None
-        else "no tensor needed a probe"
-    )
-    out.print(f"  verified {report.verified_tensors} tensors: {worst}", markup=False)
+    if report.error_kind == "fraction_of_bound":  # checked against an independent recomputation
+        kinds = ["+".join(c) for c in report.checks.values()]
+        how = ", ".join(f"{k} {kinds.count(k)}" for k in sorted(set(kinds))) or "no tensor changed"
+        worst = (
+            f"worst error {100 * report.worst_error:.3g}% of its rounding bound ({report.worst_tensor})"
+            if report.worst_error is not None
+            else "nothing to compare"
+        )
+        unchecked = f"; NOT verified: {', '.join(report.not_verified)}" if report.not_verified else ""
+        out.print(
+            f"  verified {report.verified_tensors} tensors against a float64 recomputation ({how}; "
+            f"{sum(report.rows_checked.values())} rows, {sum(report.ambiguous.values())} entries ambiguous): "
+            f"{worst}{unchecked}",
+            markup=False,
+        )
+    else:  # a record from before those checks: the probe's relative error
+        worst = (
+            f"worst relative error {report.worst_error:.3g} ({report.worst_tensor})"
+            if report.worst_error is not None
+            else "no tensor needed a probe"
+        )
+        out.print(f"  verified {report.verified_tensors} tensors by a probe: {worst}", markup=False)
     out.print(f"  recipe {rec.recipe_digest}", markup=False)
-    if rec.name:
-        out.print(f"  registered as base {rec.name}", markup=False)
+    if result.registered:
+        out.print(f"  registered as base {result.registered}", markup=False)
 
 
 @handle_errors
 def combine(
-    adapters: Annotated[list[str], typer.Argument(help="Adapters to combine: REF[@WEIGHT] or FOLDER[@WEIGHT].")],
-    name: Annotated[str, typer.Option("--name", "-n", help="Name to push the combined adapter under.")],
+    adapters: Annotated[
+        list[str], typer.Argument(metavar="ADAPTER", help="Adapters to combine: REF[@WEIGHT] or FOLDER[@WEIGHT].")
+    ],
+    name: Annotated[str, typer.Option("--name", "-n", metavar="NAME", help="Name to push the combined adapter under.")],
     method: MethodOpt = "linear",
     rank: Annotated[
-        int | None, typer.Option("--rank", "-r", help="Rank of the result (default: the sum of the input ranks).")
+        int | None,
+        typer.Option("--rank", "-r", metavar="N", help="Rank of the result (default: the sum of the input ranks)."),
     ] = None,
     density: DensityOpt = None,
     seed: SeedOpt = None,
     majority_sign: MajorityOpt = None,
     lambda_: LambdaOpt = None,
     param: ParamOpt = [],  # noqa: B006
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (the inputs'), float32, bfloat16, float16.")] = "auto",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also keep the PEFT folder here.")] = None,
-    description: Annotated[str | None, typer.Option("--description", "-d")] = None,
-    tag: Annotated[list[str], typer.Option("--tag", "-t", help="Tag for the new version; repeatable.")] = [],  # noqa: B006
+    dtype: Annotated[
+        str, typer.Option("--dtype", metavar="DTYPE", help="auto (the inputs'), float32, bfloat16, float16.")
+    ] = "auto",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="DIR", help="Also keep the PEFT folder here.")
+    ] = None,
+    force: ForceOpt = False,
+    overwrite: OverwriteOpt = False,
+    description: Annotated[str | None, typer.Option("--description", "-d", metavar="TEXT")] = None,
+    tag: Annotated[
+        list[str], typer.Option("--tag", "-t", metavar="TAG", help="Tag for the new version; repeatable.")
+    ] = [],  # noqa: B006
     json: JsonOpt = False,
 ) -> None:
     """Combine adapters into a new adapter (a PEFT folder, pushed with its lineage).
@@ -130,6 +194,7 @@ def combine(
     cat is exact (rank = sum of the ranks); the other methods are re-factored to --rank by
     truncated SVD, and the error of the cut is reported per module.
 
+    \b
     Examples:
       lorahub combine a:1 b:2 --method cat --name acme/ab
       lorahub combine a:1@0.6 b:2@0.4 --method svd --rank 16 --name acme/ab16
@@ -143,6 +208,8 @@ def combine(
         rank=rank,
         dtype=dtype,
         output=output,
+        force=force,
+        overwrite=overwrite,
         description=description,
         tags=tag,
         progress=RichProgress(not json),

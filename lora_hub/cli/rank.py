@@ -11,14 +11,19 @@ from rich.table import Table
 from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, human_bytes, out, print_json
 from lora_hub.errors import InvalidArgumentError
 
-RankOpt = Annotated[int | None, typer.Option("--rank", "-r", help="Cut every module to this rank (at most).")]
-EnergyOpt = Annotated[
-    float | None, typer.Option("--energy", "-e", help="Per module, the smallest rank that keeps this energy (0-1].")
+RankOpt = Annotated[
+    int | None, typer.Option("--rank", "-r", metavar="N", help="Cut every module to this rank (at most).")
 ]
-NameOpt = Annotated[str, typer.Option("--name", "-n", help="Name to push the new adapter under.")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also keep the PEFT folder here.")]
-DescriptionOpt = Annotated[str | None, typer.Option("--description", "-d")]
-TagOpt = Annotated[list[str], typer.Option("--tag", "-t", help="Tag for the new version; repeatable.")]
+EnergyOpt = Annotated[
+    float | None,
+    typer.Option("--energy", "-e", metavar="E", help="Per module, the smallest rank that keeps this energy (0-1]."),
+]
+NameOpt = Annotated[str, typer.Option("--name", "-n", metavar="NAME", help="Name to push the new adapter under.")]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", metavar="DIR", help="Also keep the PEFT folder here.")
+]
+DescriptionOpt = Annotated[str | None, typer.Option("--description", "-d", metavar="TEXT")]
+TagOpt = Annotated[list[str], typer.Option("--tag", "-t", metavar="TAG", help="Tag for the new version; repeatable.")]
 
 
 def _floats(text: str) -> list[float]:
@@ -40,13 +45,19 @@ def _worst(errors: dict[str, float]) -> None:
 
 @handle_errors
 def analyze(
-    adapter: Annotated[str, typer.Argument(help="Adapter: REF or a PEFT folder.", show_default=False)],
+    adapter: Annotated[
+        str, typer.Argument(metavar="ADAPTER", help="Adapter: REF or a PEFT folder.", show_default=False)
+    ],
     base: Annotated[
-        str | None, typer.Option("--base", "-b", help="Registered base or model folder: adds ||dW||/||W||.")
+        str | None,
+        typer.Option("--base", "-b", metavar="BASE", help="Registered base or model folder: adds ||dW||/||W||."),
     ] = None,
-    energy: Annotated[str, typer.Option("--energy", "-e", help="Energy targets, comma-separated.")] = "0.9,0.95,0.99",
+    energy: Annotated[
+        str, typer.Option("--energy", "-e", metavar="E", help="Energy targets, comma-separated.")
+    ] = "0.9,0.95,0.99",
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also draw the spectra into this PNG (needs matplotlib).")
+        Path | None,
+        typer.Option("--plot", metavar="FILE.png", help="Also draw the spectra into this PNG (needs matplotlib)."),
     ] = None,
     json: JsonOpt = False,
 ) -> None:
@@ -56,6 +67,7 @@ def analyze(
     Stable rank: ||dW||_F^2 / ||dW||_2^2. The summary suggests, per energy target, a uniform r (every
     module keeps the energy) and a per-module rank_pattern, with their sizes.
 
+    \b
     Examples:
       lorahub analyze acme/sql:1
       lorahub analyze acme/sql:1 --base llama-3.2-1b --energy 0.8,0.9 --plot spectra.png
@@ -110,11 +122,15 @@ def analyze(
 
 @handle_errors
 def reduce(
-    adapter: Annotated[str, typer.Argument(help="Adapter: REF or a PEFT folder.", show_default=False)],
+    adapter: Annotated[
+        str, typer.Argument(metavar="ADAPTER", help="Adapter: REF or a PEFT folder.", show_default=False)
+    ],
     name: NameOpt,
     rank: RankOpt = None,
     energy: EnergyOpt = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (the input's), float32, bfloat16, float16.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", metavar="DTYPE", help="auto (the input's), float32, bfloat16, float16.")
+    ] = "auto",
     output: OutputOpt = None,
     description: DescriptionOpt = None,
     tag: TagOpt = [],  # noqa: B006
@@ -124,6 +140,7 @@ def reduce(
     or per module the smallest rank that keeps --energy E (as rank_pattern). --rank at or above a
     module's rank keeps it exactly. The exact error per module is reported and kept in the lineage.
 
+    \b
     Examples:
       lorahub reduce acme/sql:1 --rank 8 --name acme/sql-r8
       lorahub reduce acme/sql:1 --energy 0.95 --name acme/sql-e95 -o ./sql-e95
@@ -159,21 +176,32 @@ def reduce(
 
 @handle_errors
 def extract(
-    base: Annotated[str, typer.Option("--base", "-b", help="Registered base or model folder.")],
-    tuned: Annotated[str, typer.Option("--tuned", help="The fine-tuned model: a folder or a registered base.")],
+    base: Annotated[str, typer.Option("--base", "-b", metavar="BASE", help="Registered base or model folder.")],
+    tuned: Annotated[
+        str, typer.Option("--tuned", metavar="MODEL", help="The fine-tuned model: a folder or a registered base.")
+    ],
     name: NameOpt,
     rank: RankOpt = None,
     energy: EnergyOpt = None,
     targets: Annotated[
-        str | None, typer.Option("--targets", help="Module names to decompose, comma-separated (default: all linear).")
+        str | None,
+        typer.Option(
+            "--targets", metavar="NAMES", help="Module names to decompose, comma-separated (default: all linear)."
+        ),
     ] = None,
     modules_to_save: Annotated[
-        str | None, typer.Option("--modules-to-save", help="Modules kept whole, comma-separated (e.g. lm_head).")
+        str | None,
+        typer.Option("--modules-to-save", metavar="NAMES", help="Modules kept whole, comma-separated (e.g. lm_head)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the randomized SVD.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the randomized SVD.")] = 0,
+    device: Annotated[
+        str, typer.Option("--device", metavar="DEVICE", help="auto (cuda if present), cpu or cuda.")
+    ] = "auto",
     dtype: Annotated[
-        str, typer.Option("--dtype", help="Factors' dtype: float32, bfloat16, float16, or auto (the tuned model's).")
+        str,
+        typer.Option(
+            "--dtype", metavar="DTYPE", help="Factors' dtype: float32, bfloat16, float16, or auto (the tuned model's)."
+        ),
     ] = "float32",
     output: OutputOpt = None,
     description: DescriptionOpt = None,
@@ -184,6 +212,7 @@ def extract(
     by a seeded randomized SVD (exact where cheaper), streamed tensor by tensor. Pushed against
     --base, so `lorahub validate NAME --base BASE` says exact.
 
+    \b
     Examples:
       lorahub extract --base llama-3.2-1b --tuned ./llama-sft --rank 16 --name acme/sft-r16
       lorahub extract --base llama-3.2-1b --tuned ./llama-sft --energy 0.9 --modules-to-save lm_head --name acme/sft

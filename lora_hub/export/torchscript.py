@@ -28,7 +28,10 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     with torch.no_grad():
         traced = torch.jit.trace(module, example_inputs(ctx.plan), check_trace=False)
     torch.jit.save(traced, str(ctx.folder / ARTIFACT))
-    return {"traced_with": "torch.jit.trace(MainOutput(model), (input_ids, attention_mask))"}
+    return {
+        "traced_with": "torch.jit.trace(MainOutput(model), (input_ids, attention_mask))",
+        "deprecated": "torch.jit.trace is deprecated by torch 2.x (and unsupported on Python 3.14+)",
+    }
 
 
 def load(folder: Path, plan: ExportPlan) -> Runner:

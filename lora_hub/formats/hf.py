@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -10,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from lora_hub.errors import InvalidAdapterError, InvalidModelError
+from lora_hub.formats.files import list_folder
 from lora_hub.formats.safetensors_file import PICKLE_HINT, SafetensorsHeader, TensorInfo, read_header
 
 CONFIG_NAME = "config.json"
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+IGNORED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
 
 
 @dataclass(frozen=True)
@@ -52,17 +55,44 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def model_files(root: Path) -> dict[str, Path]:
-    """Every regular file directly in ``root`` or below, hidden entries and pickles excepted."""
-    files: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fname in sorted(filenames):
-            full = Path(dirpath) / fname
-            if fname.startswith(".") or fname.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")):
-                continue
-            if full.is_file():
-                files[full.relative_to(root).as_posix()] = full
-    return files
+    """Every regular file in ``root`` or below by relative path, by the rule of ``formats.files``
+    (hidden entries skipped; links must stay inside the folder). Pickled weights and other
+    frameworks' weight files are left out: they are never read."""
+    listing = list_folder(root)
+    if listing.problems:
+        raise InvalidModelError(
+            listing.summary(),
+            path=str(root),
+            hint="copy the files that links point to into the folder (or remove the links), then try again",
+        )
+    return {rel: p for rel, p in listing.files.items() if not rel.endswith(IGNORED_SUFFIXES)}
+
+
+# lora-hub's own records in a folder it wrote: never carried into another output.
+LORAHUB_FILES = frozenset({"lorahub_merge.json", "lorahub_export.json"})
+
+
+def side_files(model: ModelDir) -> list[str]:
+    """The files a model folder carries besides its weights, to copy with merged weights: every
+    file at the top level (config, generation config, tokenizer, chat template, model card...)
+    except weights and lora-hub's own records, and the files of the sentence-transformers module
+    folders that ``modules.json`` lists (``1_Pooling/``...). Other subfolders (``checkpoint-100/``,
+    an earlier ``merged/``) are not the model's and are left out."""
+    weights = set(model.shards) | {INDEX_NAME}
+    module_dirs: set[str] = set()
+    if "modules.json" in model.files:
+        with contextlib.suppress(InvalidModelError):
+            doc = _read_json(model.files["modules.json"], "modules.json")
+            if isinstance(doc, list):
+                module_dirs = {str(m["path"]).strip("/") for m in doc if isinstance(m, dict) and m.get("path")}
+    out = []
+    for rel in model.files:
+        folder, _, name = rel.rpartition("/")
+        if rel in weights or name in LORAHUB_FILES or name.endswith(".safetensors"):
+            continue
+        if not folder or folder in module_dirs:
+            out.append(rel)
+    return sorted(out)
 
 
 def read_model_dir(path: str | os.PathLike[str]) -> ModelDir:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_hub.errors import InvalidAdapterError, PickleRefusedError
+from lora_hub.errors import InvalidAdapterError, PathError, PickleRefusedError
+from lora_hub.formats.files import list_folder
 from lora_hub.formats.safetensors_file import (
     FLOAT_DTYPES,
     PICKLE_HINT,
@@ -38,6 +39,8 @@ from lora_hub.types import AdapterFacts, AdapterLayout, LoraModule, SavedTensor
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# PEFT writes configs of one or two kB; a config past this is damaged or hostile, not an adapter's.
+MAX_CONFIG_BYTES = 1 << 20
 KEY_PREFIX = "base_model.model."
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
@@ -66,7 +69,8 @@ class ParseProblem:
 
 @dataclass(frozen=True)
 class AdapterDir:
-    """A PEFT adapter folder, read and checked. ``files`` maps relative POSIX paths to real paths."""
+    """A PEFT adapter folder, read and checked. ``files`` maps relative POSIX paths to real paths.
+    ``warnings`` are things that are valid but probably not what the user meant (``lora_alpha`` 0)."""
 
     root: Path
     config: dict[str, Any]
@@ -75,6 +79,7 @@ class AdapterDir:
     layout: AdapterLayout
     files: dict[str, Path]
     problems: tuple[ParseProblem, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def pattern_key(patterns: dict[str, Any], module_path: str) -> str | None:
@@ -108,38 +113,46 @@ def _model_type(config: dict[str, Any]) -> str | None:
 
 
 def list_files(root: Path) -> dict[str, Path]:
-    """Every regular file under ``root`` (symlinks followed, hidden entries skipped), by relative path.
+    """Every regular file under ``root`` by relative path, by the rule of ``formats.files``
+    (hidden entries skipped; links must stay inside the folder; no loops, special files or
+    unprintable names). Pickle files are refused here, before anything else is read."""
+    listing = list_folder(root)
+    if listing.problems:
+        raise InvalidAdapterError(
+            listing.summary(),
+            path=str(root),
+            hint="copy the files that links point to into the folder (or remove the links), then push again",
+        )
+    for rel in listing.files:
+        if Path(rel).suffix.lower() in PICKLE_SUFFIXES:
+            raise PickleRefusedError(
+                f"{rel} is a pickle file; only safetensors are accepted", path=str(root), hint=PICKLE_HINT
+            )
+    return listing.files
 
-    Pickle files are refused here, before anything else is read.
-    """
-    files: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fname in sorted(filenames):
-            if fname.startswith("."):
-                continue
-            full = Path(dirpath) / fname
-            rel = full.relative_to(root).as_posix()
-            if full.suffix.lower() in PICKLE_SUFFIXES:
-                raise PickleRefusedError(
-                    f"{rel} is a pickle file; only safetensors are accepted", path=str(root), hint=PICKLE_HINT
-                )
-            if full.is_file():
-                files[rel] = full
-    return files
+
+def read_json_file(path: Path, limit: int, error: type[PathError] = InvalidAdapterError) -> Any:
+    """The JSON document in ``path``, refused (as ``error``) past ``limit`` bytes, when not UTF-8,
+    not JSON, or nested too deep to parse."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise error(f"is {size:,} bytes, over the {limit:,}-byte limit for this file", path=str(path))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error("is not UTF-8 text", path=str(path)) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=str(path)) from exc
+    except RecursionError as exc:
+        raise error("is not acceptable JSON: nested too deeply", path=str(path)) from exc
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise error(f"is not acceptable JSON: {str(exc)[:100]}", path=str(path)) from exc
 
 
 def _load_config(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidAdapterError("is not UTF-8 text", path=str(path)) from exc
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidAdapterError(
-            f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=str(path)
-        ) from exc
+    config = read_json_file(path, MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise InvalidAdapterError("must hold a JSON object", path=str(path))
     peft_type = config.get("peft_type")
@@ -163,11 +176,12 @@ def _load_config(path: Path) -> dict[str, Any]:
             isinstance(v, kind) and not isinstance(v, bool) and 0 < v < math.inf for v in pat.values()
         ):
             problems.append(ParseProblem(f"'{key}' must map module patterns to positive numbers"))
-    tm = config.get("target_modules")
-    if "target_modules" in config and not (
-        isinstance(tm, str) or (isinstance(tm, list) and all(isinstance(t, str) for t in tm))
-    ):
-        problems.append(ParseProblem("'target_modules' must be a list of module names or a regular expression"))
+    for key in ("target_modules", "exclude_modules"):
+        value = config.get(key)
+        names_or_regex = isinstance(value, str) or (isinstance(value, list) and all(isinstance(t, str) for t in value))
+        # target_modules is required (null is not LoRA on modules); exclude_modules may be null
+        if ((key in config and key == "target_modules") or value is not None) and not names_or_regex:
+            problems.append(ParseProblem(f"'{key}' must be a list of module names or a regular expression"))
     if problems:
         raise InvalidAdapterError("; ".join(map(str, problems)), path=str(path))
     return config
@@ -204,7 +218,14 @@ def read_adapter_dir(path: str | os.PathLike[str], *, check_finite: bool = True,
         if exc.path is None:
             raise type(exc)(exc.message, path=str(files[WEIGHTS_NAME]), hint=exc.hint) from exc
         raise
+    for rel, other in files.items():
+        if rel != WEIGHTS_NAME and rel.lower().endswith(".safetensors"):
+            try:  # every safetensors file stored must be as sound as the weights
+                read_header(other)
+            except InvalidAdapterError as exc:
+                raise type(exc)(exc.message, path=str(other), hint=exc.hint) from exc
     facts, layout, problems = _facts(config, header, sum(p.stat().st_size for p in files.values()))
+    problems.extend(target_problems(config, [m.path for m in layout.modules]))
     if problems and strict:
         raise InvalidAdapterError(
             f"{len(problems)} problem(s): "
@@ -221,7 +242,80 @@ def read_adapter_dir(path: str | os.PathLike[str], *, check_finite: bool = True,
                 path=str(files[WEIGHTS_NAME]),
                 hint="the training diverged or the file is damaged",
             )
-    return AdapterDir(root, config, header, facts, layout, files, tuple(problems))
+    warnings = []
+    if facts.alpha <= 0:
+        effect = "the adapter changes nothing when merged" if facts.alpha == 0 else "its updates are negated"
+        warnings.append(f"lora_alpha is {facts.alpha:g}: {effect}")
+    return AdapterDir(root, config, header, facts, layout, files, tuple(problems), tuple(warnings))
+
+
+def _targets(config: dict[str, Any], key: str) -> str | list[str] | None:
+    value = config.get(key)
+    return value if isinstance(value, str | list) else None
+
+
+def selects(spec: str | list[str], path: str) -> bool:
+    """Whether PEFT's ``target_modules``-style ``spec`` selects the module ``path``
+    (``peft.tuners.tuners_utils.check_target_module_exists``): a string is a regular expression
+    matched against the whole path (``all-linear`` selects every linear layer); a list selects
+    a path equal to an entry or ending with ``.<entry>``."""
+    if isinstance(spec, str):
+        return spec == "all-linear" or re.fullmatch(spec, path) is not None
+    return path in spec or any(path.endswith(f".{t}") for t in spec)
+
+
+def target_problems(config: dict[str, Any], module_paths: list[str]) -> list[ParseProblem]:
+    """Disagreements between the config's ``target_modules`` / ``exclude_modules`` and the modules
+    that hold weights, judged as PEFT loads the adapter: PEFT puts LoRA layers where the config
+    says and loads the weights that match them, so weights of a module the config does not select
+    are silently dropped, and a selected module without weights stays untrained."""
+    targets, excluded = _targets(config, "target_modules"), _targets(config, "exclude_modules")
+    if targets is None:
+        return []
+    if targets == []:
+        return [ParseProblem("'target_modules' is empty: PEFT refuses such a config", code="target_modules")]
+    bad = []
+    for key, spec in (("target_modules", targets), ("exclude_modules", excluded)):
+        if isinstance(spec, str) and spec != "all-linear":
+            try:
+                re.compile(spec)
+            except re.error as exc:
+                bad.append(
+                    ParseProblem(f"{key} {spec[:80]!r} is not a valid regular expression: {exc}", code="target_modules")
+                )
+    if bad:
+        return bad
+    problems = []
+    unselected = [p for p in module_paths if not selects(targets, p)]
+    if unselected:
+        problems.append(
+            ParseProblem(
+                f"the weights hold {len(unselected)} module(s) that target_modules {targets!r} does not select "
+                f"(PEFT would drop their weights): {', '.join(unselected[:5])}"
+                + (" ..." if len(unselected) > 5 else ""),
+                code="target_modules",
+            )
+        )
+    if excluded:
+        dropped = [p for p in module_paths if selects(excluded, p)]
+        if dropped:
+            problems.append(
+                ParseProblem(
+                    f"exclude_modules {excluded!r} excludes {', '.join(dropped[:5])}, which hold weights",
+                    code="target_modules",
+                )
+            )
+    if isinstance(targets, list) and module_paths:
+        empty = [t for t in targets if not any(p == t or p.endswith(f".{t}") for p in module_paths)]
+        if empty:
+            problems.append(
+                ParseProblem(
+                    f"target_modules names {', '.join(map(repr, empty))}, but the weights hold no such module "
+                    "(PEFT would add it untrained)",
+                    code="target_modules",
+                )
+            )
+    return problems
 
 
 def _facts(
@@ -370,3 +464,13 @@ def _facts(
         model_type=_model_type(config),
     )
     return facts, AdapterLayout(modules=modules, saved_tensors=list(saved.values())), problems
+
+
+def write_adapter_dir(folder: Path, tensors: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write a PEFT adapter folder (``adapter_model.safetensors`` from torch ``tensors`` keyed as
+    PEFT saves them, ``adapter_config.json`` from ``config``) into the existing ``folder``."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return folder

@@ -21,7 +21,7 @@ inputs, whose scales are already inside ``delta_i``): ``B'A'`` *is* the update.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from lora_hub.errors import InvalidArgumentError, MergeError
+from lora_hub.errors import IncompatibleError, InvalidArgumentError, NotSupportedError
 from lora_hub.formats.peft import KEY_PREFIX
 from lora_hub.merge.methods import Method, generator_for
 from lora_hub.merge.plan import AdapterInput
 from lora_hub.types import LoraModule
 
+FLOAT32_MAX = 3.4028234663852886e38
 TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
@@ -82,6 +83,29 @@ def _split(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, k: int) -> tuple[t
     return (root[:, None] * v[:, :k].t()), (u[:, :k] * root[None, :])
 
 
+def _layout_family(paths: Sequence[str]) -> str:
+    """The first component of most module paths (``model`` for Llama, ``bert`` or ``encoder`` for
+    BERT, ``transformer`` for GPT-2): adapters of one architecture share it."""
+    heads = Counter(p.split(".", 1)[0] for p in paths)
+    return heads.most_common(1)[0][0] if heads else ""
+
+
+def _check_same_architecture(inputs: Sequence[AdapterInput], model_types: Sequence[str | None]) -> None:
+    known = {t for t in model_types if t}
+    if len(known) > 1:
+        pairs = ", ".join(f"{a.label} ({t or '?'})" for a, t in zip(inputs, model_types, strict=False))
+        raise IncompatibleError(
+            f"the adapters are for different architectures: {pairs}", hint="combine adapters of one base model"
+        )
+    families = {a.label: _layout_family([m.path for m in a.layout.modules]) for a in inputs}
+    if len(set(families.values())) > 1:
+        shown = ", ".join(f"{label} ({family or '-'})" for label, family in families.items())
+        raise IncompatibleError(
+            f"the adapters target modules of different model layouts: {shown}",
+            hint="combine adapters of one base model",
+        )
+
+
 def combine_adapters(
     inputs: Sequence[AdapterInput],
     method: Method,
@@ -90,8 +114,13 @@ def combine_adapters(
     rank: int | None,
     dtype: str = "auto",
     device: torch.device | None = None,
+    model_types: Sequence[str | None] = (),
 ) -> Combined:
-    """The combined adapter's tensors and config, and the relative error of each module."""
+    """The combined adapter's tensors and config, and the relative error of each module.
+
+    Inputs must be for one architecture: their ``model_types`` (where known) agree, and their
+    modules come from one model's layout (the leading parts of the module paths agree), else
+    ``IncompatibleError``."""
     device = device or torch.device("cpu")
     if dtype != "auto" and dtype not in TORCH:
         raise InvalidArgumentError(f"unknown dtype {dtype!r}", hint=f"choose one of auto, {', '.join(TORCH)}")
@@ -101,16 +130,17 @@ def combine_adapters(
         raise InvalidArgumentError("cat is exact at rank sum_i r_i; drop --rank, or use --method svd")
     if rank is not None and rank < 1:
         raise InvalidArgumentError(f"--rank must be at least 1, got {rank}")
+    _check_same_architecture(inputs, model_types)
     if len({a.facts.fan_in_fan_out for a in inputs}) > 1:
-        raise MergeError("the adapters disagree on fan_in_fan_out; they cannot be for the same base")
+        raise IncompatibleError("the adapters disagree on fan_in_fan_out; they cannot be for the same base")
     dora = [a.label for a in inputs if a.facts.use_dora]
     if dora:
-        raise MergeError(f"DoRA adapters cannot be combined into a LoRA: {', '.join(dora)}")
+        raise InvalidArgumentError(f"DoRA adapters cannot be combined into a LoRA: {', '.join(dora)}")
     # PEFT's copies of the base weight under a LoRA layer (saved with embedding layers) are not
     # updates: they are carried over when every input that has one agrees on its bytes.
     saved = [a for a in inputs if any(not st.base_layer for st in a.layout.saved_tensors)]
     if len(saved) > 1:
-        raise MergeError(
+        raise InvalidArgumentError(
             f"{', '.join(a.label for a in saved)} each save full tensors (modules_to_save); combine at most one such"
         )
     coefficients = method.coefficients([a.weight for a in inputs], params) if method.coefficients else None
@@ -118,14 +148,24 @@ def combine_adapters(
     for i, a in enumerate(inputs):
         for m in a.layout.modules:
             if m.kind == "conv":
-                raise MergeError(f"{a.label}: {m.path} is a convolution; combining conv LoRA is not supported yet")
+                raise NotSupportedError(
+                    f"{a.label}: {m.path} is a convolution; combining conv LoRA is not supported yet"
+                )
             if m.bias:
-                raise MergeError(f"{a.label}: {m.path} has a LoRA bias, which a combined adapter cannot carry")
+                raise InvalidArgumentError(
+                    f"{a.label}: {m.path} has a LoRA bias, which a combined adapter cannot carry"
+                )
             by_path[m.path].append((i, m))
+            coef = (coefficients[i] if coefficients else a.weight) * m.scale
+            if not abs(coef) < FLOAT32_MAX:
+                raise InvalidArgumentError(
+                    f"the weight {a.weight:g} of {a.label} scales {m.path}'s update by {coef:g}, beyond float32",
+                    hint="use a weight of a sensible size",
+                )
     for path, entries in by_path.items():
         shapes = {(m.kind, m.in_features, m.out_features) for _, m in entries}
         if len(shapes) > 1:
-            raise MergeError(f"{path}: the adapters disagree on its shape {sorted(shapes)}; not the same base")
+            raise IncompatibleError(f"{path}: the adapters disagree on its shape {sorted(shapes)}; not the same base")
 
     handles = [safe_open(a.weights_path, framework="pt") for a in inputs]
     stored = {h.get_slice(_keys(a.layout.modules[0])[0]).get_dtype() for h, a in zip(handles, inputs, strict=True)}
@@ -173,6 +213,11 @@ def combine_adapters(
         a_key, b_key = _keys(entries[0][1])
         tensors[a_key] = new_a.to(out_dtype).contiguous().cpu()
         tensors[b_key] = new_b.to(out_dtype).contiguous().cpu()
+        if not (torch.isfinite(tensors[a_key]).all() and torch.isfinite(tensors[b_key]).all()):
+            raise InvalidArgumentError(
+                f"{path}: the combined factors are not finite in {out_dtype} (the update overflows)",
+                hint="use smaller weights, or --dtype float32",
+            )
         errors[path] = err
         ranks[path] = new_a.shape[0]
 
@@ -186,7 +231,7 @@ def combine_adapters(
             if st.base_layer:
                 copy = handles[i].get_tensor(st.file_key)
                 if st.file_key in tensors and not torch.equal(tensors[st.file_key], copy):
-                    raise MergeError(
+                    raise IncompatibleError(
                         f"the adapters carry different copies of the base weight {st.name}; "
                         "they were not trained on the same base"
                     )

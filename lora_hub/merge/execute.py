@@ -66,6 +66,14 @@ READ_AHEAD_CHUNK = 2 << 20
 ROW_TILE = 16
 
 
+def default_threads(cores: int | None = None) -> int:
+    """Torch threads for a CPU merge: one per core but one, which the writer and hasher threads
+    (and the verifier) need. Measured on 2 cores: one torch thread merges the 1.1B model of the
+    benchmark in about 3.5 s, two threads (taking the writer's core) in 11 to 20 s. Set
+    ``LORAHUB_TORCH_THREADS`` to choose (see BENCHMARKS.md for measurements with more cores)."""
+    return max(1, (cores or os.cpu_count() or 1) - 1)
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -253,26 +261,26 @@ def execute(
     advance: Callable[[int], None] | None = None,
     block_bytes: int | None = None,
     output: OutputFiles | None = None,
+    threads: int | None = None,
 ) -> MergeStats:
     """Write the merged shards and the index into ``out_dir`` (which must exist and be empty),
-    through ``output`` if the caller opened it already (``open_output``); closes it.
+    through ``output`` if the caller opened it already (``open_output``); closes it. On the CPU,
+    torch computes on ``threads`` threads (default ``default_threads()``).
     ``adapters`` are the recipe's inputs, in its order: the verification derives every
     coefficient, scale and orientation from their facts and layouts, not from the plan's ops.
     A tensor that fails its check raises ``MergeError``; merged values that are not finite
     raise ``InvalidArgumentError``."""
     output = output or open_output(plan, out_dir)
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
     if device.type == "cpu":
-        # The writer and hasher threads need the other core; measured on 2 cores, one torch
-        # thread merges a 2.2 GB model in about 3.5 s, two threads in 11 to 20 s.
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads or default_threads())
     try:
         return _execute(
             plan, model, adapter_paths, out_dir, device, base_digests, adapters, advance, block_bytes, output
         )
     finally:
         output.close()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _execute(

@@ -49,7 +49,10 @@ if TYPE_CHECKING:
     import torch
 
     Deltas = Sequence[torch.Tensor]
-    CombineFn = Callable[[Deltas, Sequence[float], Mapping[str, Any], torch.Generator | None], torch.Tensor]
+    # ``fn(deltas, weights, params, generator, used=None)``: with a dict as ``used``, the methods
+    # that trim record there what they cut at (``used["thresholds"]``, one per delta), for the
+    # merge's verification (``lora_hub.merge.verify``) to check.
+    CombineFn = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def bernoulli_mask(shape: torch.Size, density: float, gen: torch.Generator, devi
 
 
 def _linear(
-    deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: torch.Generator | None
+    deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: torch.Generator | None, used: Any = None
 ) -> torch.Tensor:
     import torch
 
@@ -239,14 +242,27 @@ def _disjoint_merge(
     return out
 
 
-def _magnitude_prune(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: Any) -> torch.Tensor:
-    return _linear([trim(d, params["density"]) for d in deltas], weights, {}, None)
-
-
-def _ties(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: Any) -> torch.Tensor:
+def _magnitude_prune(
+    deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: Any, used: dict[str, Any] | None = None
+) -> torch.Tensor:
     import torch
 
     thresholds = [_trim_threshold(d, params["density"]) for d in deltas]
+    if used is not None:
+        used["thresholds"] = thresholds
+    return _linear(
+        [torch.where(d.abs() >= t, d, 0.0) for d, t in zip(deltas, thresholds, strict=True)], weights, {}, None
+    )
+
+
+def _ties(
+    deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], _: Any, used: dict[str, Any] | None = None
+) -> torch.Tensor:
+    import torch
+
+    thresholds = [_trim_threshold(d, params["density"]) for d in deltas]
+    if used is not None:
+        used["thresholds"] = thresholds
 
     def weighted(i: int, chunk: slice) -> torch.Tensor:  # w_i trim_d(delta_i)
         d = deltas[i].reshape(-1)[chunk]
@@ -260,11 +276,15 @@ def _dare(deltas: Deltas, gen: torch.Generator | None, density: float) -> list[t
     return [d * bernoulli_mask(d.shape, density, gen, d.device) / density for d in deltas]
 
 
-def _dare_linear(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], gen: Any) -> torch.Tensor:
+def _dare_linear(
+    deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], gen: Any, used: Any = None
+) -> torch.Tensor:
     return _linear(_dare(deltas, gen, params["density"]), weights, {}, None)
 
 
-def _dare_ties(deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], gen: Any) -> torch.Tensor:
+def _dare_ties(
+    deltas: Deltas, weights: Sequence[float], params: Mapping[str, Any], gen: Any, used: Any = None
+) -> torch.Tensor:
     dropped = _dare(deltas, gen, params["density"])
     return _disjoint_merge(
         lambda i, chunk: dropped[i].reshape(-1)[chunk] * weights[i], deltas[0], weights, params["majority_sign"]

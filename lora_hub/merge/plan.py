@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lora_hub.compat import choose_key_map
-from lora_hub.errors import InvalidArgumentError, MergeError
-from lora_hub.formats.hf import ModelDir
+from lora_hub.errors import IncompatibleError, InvalidArgumentError
+from lora_hub.formats.hf import ModelDir, side_files
 from lora_hub.formats.safetensors_file import FLOAT_DTYPES
 from lora_hub.hashing import hash_bytes
 from lora_hub.merge.methods import get_method
@@ -33,6 +33,7 @@ from lora_hub.merge.writer import Entry, OutputFiles, shard_names, split_into_sh
 from lora_hub.types import AdapterFacts, AdapterLayout
 
 PLAN_FORMAT = 2  # bump when the same recipe would produce different bytes
+MAX_SIZE = 10**18  # bytes: a shard size above it is a typo
 DTYPES = {"auto": None, "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 
 
@@ -158,11 +159,14 @@ def parse_size(text: str | int) -> int:
     m = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]?i?b?)\s*", text.lower())
     units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6, "g": 10**9}  # fmt: skip
+    if m is None or m.group(2) not in units:
+        raise InvalidArgumentError(f"cannot read the size {text[:40]!r}", hint="e.g. 5GB, 500MB, 2GiB")
     try:
-        assert m is not None and m.group(2) in units
         value = int(float(m.group(1)) * units[m.group(2)])
-    except (AssertionError, ValueError):
-        raise InvalidArgumentError(f"cannot read the size {text!r}", hint="e.g. 5GB, 500MB, 2GiB") from None
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError(f"cannot read the size {text[:40]!r}", hint="e.g. 5GB, 500MB, 2GiB") from None
+    if value > MAX_SIZE:
+        raise InvalidArgumentError(f"size {text[:40]!r} is larger than any disk", hint="e.g. 5GB")
     if value < 1:
         raise InvalidArgumentError(f"size {text!r} must be positive")
     return value
@@ -209,6 +213,12 @@ def plan_merge(
                 continue
             transposed = m.kind == "embedding" or a.facts.fan_in_fan_out
             if m.dora:
+                if coefficients[i] != 1.0:
+                    # W' = m / ||W + sBA|| (W + sBA) is not linear in the update: a weight has no meaning.
+                    problems.append(
+                        f"{a.label}: {m.path} is a DoRA module, which merges at weight 1 only "
+                        f"(its coefficient here is {coefficients[i]:g})"
+                    )
                 ops[key].append(DoraOp(adapter=i, module=m.path, scale=m.scale, transposed=transposed))
             else:
                 ops[key].append(
@@ -243,7 +253,11 @@ def plan_merge(
         if "dora" in kinds and spec.coefficients is None:
             problems.append(f"{key}: DoRA modules merge with the linear method only")
     if problems:
-        raise MergeError(f"cannot plan the merge ({len(problems)} problem(s)): " + "; ".join(problems[:10]))
+        raise IncompatibleError(
+            f"these adapters cannot be merged into this base ({len(problems)} problem(s)):",
+            problems=problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []),
+            hint="see `lorahub validate ADAPTER --base BASE` for each adapter",
+        )
 
     target = DTYPES[dtype]
     tensors: list[TensorPlan] = []
@@ -251,7 +265,7 @@ def plan_merge(
     for name, (shard, info) in ordered:
         out = target if (target and info.dtype in FLOAT_DTYPES) else info.dtype
         if ops.get(name) and info.dtype not in FLOAT_DTYPES:
-            raise MergeError(f"{name} is {info.dtype}; lora-hub merges into floating-point weights only")
+            raise IncompatibleError(f"{name} is {info.dtype}; lora-hub merges into floating-point weights only")
         tensors.append(
             TensorPlan(
                 name=name,
@@ -285,12 +299,11 @@ def plan_merge(
         dtype=dtype,
         shard_size=shard_size,
     )
-    weight_files = set(model.shards) | {"model.safetensors.index.json"}
     return MergePlan(
         recipe=recipe,
         recipe_digest=recipe.digest,
         tensors=tensors,
         shards=[[e.name for e in g] for g in groups],
         shard_files=shard_names(len(groups)),
-        copy_files=sorted(f for f in model.files if f not in weight_files),
+        copy_files=side_files(model),
     )

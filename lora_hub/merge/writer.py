@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_hub.errors import MergeError
 from lora_hub.formats.hf import INDEX_NAME, SINGLE_NAME
 from lora_hub.formats.safetensors_file import DTYPE_SIZES
 
@@ -104,7 +105,7 @@ class ShardWriter:
         self._fd = os.open(path, os.O_WRONLY if presized or existing else os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         if (presized or existing) and os.fstat(self._fd).st_size != (self._expected if presized else 0):
             os.close(self._fd)
-            raise ValueError(f"{path.name}: the file is not as it was created for this shard")
+            raise MergeError(f"{path.name}: the file is not as it was created for this shard")
         self._index = 0
         self._remaining = self.entries[0].nbytes if self.entries else 0
         self._write_all(header)
@@ -124,7 +125,7 @@ class ShardWriter:
     def _account(self, n: int) -> None:
         while n:
             if self._index >= len(self.entries):
-                raise ValueError(f"{self.path.name}: more data than the header announces")
+                raise MergeError(f"{self.path.name}: more data than the header announces")
             step = min(n, self._remaining)
             self._remaining -= step
             n -= step
@@ -160,7 +161,7 @@ class ShardWriter:
                 or self._written != self._expected
                 or os.fstat(self._fd).st_size != self._expected
             ):
-                raise ValueError(f"{self.path.name}: written size does not match the header")
+                raise MergeError(f"{self.path.name}: written size does not match the header")
             if self.durable:
                 os.fsync(self._fd)
         finally:
@@ -224,7 +225,7 @@ class DirectShardWriter(ShardWriter):
             k = min(nbytes - done, DIRECT_STAGE - self._fill)
             got = os.preadv(src_fd, [self._view[self._fill : self._fill + k]], offset + done)
             if got <= 0:
-                raise ValueError(f"{self.path.name}: the source ended {nbytes - done} bytes early")
+                raise MergeError(f"{self.path.name}: the source ended {nbytes - done} bytes early")
             self._fill += got
             done += got
             if self._fill == DIRECT_STAGE:

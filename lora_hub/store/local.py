@@ -2,19 +2,22 @@
 
     <root>/sha256/<2 hex>/<64 hex>     read-only blobs
     <root>/tmp/<pid>-<random>.part     blobs being written, each held with an exclusive flock
-    <root>/.gc.lock                    shared by writers, exclusive for gc
 
 A blob is written to a unique temporary file while its digest is computed, fsynced, checked,
 then hard-linked into place (``link`` fails rather than overwrite) and the folder fsynced. A
-temporary file whose flock can be taken belongs to a dead process; ``gc`` removes it.
+temporary file whose flock can be taken belongs to a dead process; ``gc`` removes it. Pushes and
+``gc`` exclude each other through the catalog's store leases (``lora_hub.catalog.leases``), so
+several machines can share one store folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +25,10 @@ from typing import BinaryIO
 from lora_hub import _faults
 from lora_hub._fs import fsync_dir
 from lora_hub.errors import IntegrityError, StoreError
-from lora_hub.hashing import Advance, copy_and_hash, format_digest, parse_digest
+from lora_hub.hashing import Advance, copy_and_hash, format_digest, hash_file, parse_digest
+from lora_hub.store.base import BlobState
+
+_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class LocalStore:
@@ -33,6 +39,28 @@ class LocalStore:
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
+
+    @property
+    def local_root(self) -> Path:
+        """The folder that holds the blobs: no output may be written there."""
+        return self.root
+
+    def free_bytes(self) -> int | None:
+        """Free space where blobs are written, or None if it cannot be told."""
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            return None
+
+    def _space_error(self, exc: OSError) -> StoreError:
+        what = "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+        return StoreError(
+            f"cannot write to the blob store at {self.root}: {what}",
+            hint="free some space there (or move LORAHUB_HOME / LORAHUB_STORE_URL), then run `lorahub gc`",
+        )
 
     def _ensure(self) -> None:
         try:
@@ -48,14 +76,45 @@ class LocalStore:
     def has(self, digest: str) -> bool:
         return self._path(digest).is_file()
 
-    def local_path(self, digest: str) -> Path | None:
+    @contextlib.contextmanager
+    def open_local(self, digest: str, *, verify: bool = False) -> Iterator[Path]:
+        """The blob's own file (read-only), checked against its digest first with ``verify``."""
         path = self._path(digest)
-        return path if path.is_file() else None
+        state = self.check(digest)[0] if verify else ("ok" if path.is_file() else "missing")
+        if state != "ok":
+            raise IntegrityError(
+                f"blob {digest} is {state} in the store at {self.root}",
+                hint="push the adapter's folder again (the push rewrites damaged blobs); "
+                "`lorahub verify --all` checks every blob",
+            )
+        yield path
 
-    def put_file(self, src: Path, digest: str, advance: Advance | None = None) -> int:
+    def check(self, digest: str, advance: Advance | None = None) -> tuple[BlobState, int | None]:
+        """Re-read the blob and hash it: ``ok``, ``missing`` or ``corrupted``, with its size."""
+        path = self._path(digest)
+        try:
+            got, size = hash_file(path, advance)
+        except FileNotFoundError:
+            return "missing", None
+        return ("ok" if got == digest else "corrupted"), size
+
+    def put_file(self, src: Path, digest: str, advance: Advance | None = None, *, repair: bool = False) -> int:
+        """Store ``src`` as ``digest``. A blob already present is kept as it is, unless ``repair``
+        finds it damaged (re-hashed), when it is replaced by ``src``'s bytes. Returns the bytes this
+        call wrote (0 when the blob was already stored, by this process or a concurrent one)."""
         final = self._path(digest)
-        if final.is_file():
+        if final.is_file() and (not repair or self.check(digest)[0] == "ok"):
+            if advance:
+                advance(src.stat().st_size)  # stored already: its share of the work is done
             return 0
+        try:
+            return self._write(src, digest, final, advance, replace=final.is_file())
+        except OSError as exc:
+            if isinstance(exc, StoreError | IntegrityError) or exc.errno not in _SPACE_ERRORS:
+                raise
+            raise self._space_error(exc) from exc
+
+    def _write(self, src: Path, digest: str, final: Path, advance: Advance | None, *, replace: bool) -> int:
         self._ensure()
         tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -72,8 +131,13 @@ class LocalStore:
                 )
             os.chmod(tmp, 0o444)
             final.parent.mkdir(exist_ok=True)
-            with contextlib.suppress(FileExistsError):  # stored meanwhile by someone else: same bytes
-                os.link(tmp, final)
+            if replace:  # a damaged blob: the checked bytes take its place in one step
+                os.replace(tmp, final)
+            else:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:  # stored meanwhile by someone else: the same bytes, not ours to count
+                    return 0
             fsync_dir(final.parent)
             return size
         finally:
@@ -86,14 +150,15 @@ class LocalStore:
         if not path.is_file():
             raise IntegrityError(
                 f"blob {digest} is missing from the store at {self.root}",
-                hint="push the adapter again to restore it",
+                hint="push the adapter's folder again to restore it; `lorahub verify --all` checks every blob",
             )
         with open(path, "rb", buffering=0) as fin:
             got, size = copy_and_hash(fin, dst, advance)
         if got != digest:
             raise IntegrityError(
                 f"blob {digest} is corrupted on disk (its bytes hash to {got})",
-                hint=f"delete {path} and push the adapter again, or restore it from a backup",
+                hint="push the adapter's folder again (the push rewrites damaged blobs), or restore the store from a "
+                "backup; `lorahub verify --all` checks every blob",
             )
         return size
 
@@ -137,19 +202,3 @@ class LocalStore:
                     tmp.unlink()
             removed += 1
         return removed
-
-    @contextlib.contextmanager
-    def _lock(self, mode: int) -> Iterator[None]:
-        self._ensure()
-        fd = os.open(self.root / ".gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, mode)
-            yield
-        finally:
-            os.close(fd)
-
-    def writing(self) -> contextlib.AbstractContextManager[None]:
-        return self._lock(fcntl.LOCK_SH)
-
-    def collecting(self) -> contextlib.AbstractContextManager[None]:
-        return self._lock(fcntl.LOCK_EX)

@@ -98,11 +98,11 @@ def test_base_add_list_show_rm(models: Models, lorahub_env: dict[str, str]) -> N
     ), stored
 
     lines = run("base", "list").splitlines()
-    assert lines[0].split() == ["NAME", "MODEL_TYPE", "DTYPE", "PARAMS", "SIZE", "STORED", "FINGERPRINT"]
+    assert lines[0].split() == ["NAME", "MODEL_TYPE", "DTYPE", "PARAMS", "SIZE", "STORED", "FOLDER", "FINGERPRINT"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"llama", "llama-tuned"}
-    assert rows["llama"][1:3] == ["llama", "F32"] and rows["llama"][-2] == "no"
-    assert rows["llama-tuned"][-2] == "yes" and rows["llama"][-1] == content[:19] + "…"
+    assert rows["llama"][1:3] == ["llama", "F32"] and rows["llama"][-3:-1] == ["no", "ok"]
+    assert rows["llama-tuned"][-3:-1] == ["yes", "ok"] and rows["llama"][-1] == content[:19] + "…"
     listed = run_json("base", "list")
     assert isinstance(listed, list) and [b["name"] for b in listed] == ["llama", "llama-tuned"]
     assert all(b["tensors"] is None for b in listed)
@@ -171,7 +171,8 @@ def test_validate_verdicts_and_exit_codes(models: Models, lorahub_env: dict[str,
     assert strict.exit_code == 1 and strict.stdout.startswith("acme/qv:1 on llama-tuned: compatible")
 
     mapped = run("validate", models.ad_bare, "--base", "llama").splitlines()
-    assert mapped[0].endswith(": exact") and "  key mapping: strip '-', add 'model.'" in mapped
+    assert mapped[0].endswith(": exact")
+    assert "  key mapping: the base's tensors are the adapter's module paths with the prefix 'model.'" in mapped
 
     for extra in ([], ["--strict"]):
         result = invoke("validate", models.ad_wide, "--base", "llama", *extra)

@@ -72,7 +72,8 @@ def test_tour(tmp_path: Path, lorahub_env: dict[str, str]) -> None:
 def test_json_output_is_stable(tmp_path: Path, lorahub_env: dict[str, str]) -> None:
     src = write_adapter(tmp_path / "a")
     pushed = run_json("push", str(src), "--name", "acme/x", "-m", "accuracy=0.5", "-t", "prod")
-    assert isinstance(pushed, dict) and set(pushed) == {"version", "created", "bytes_written"}
+    assert isinstance(pushed, dict)
+    assert set(pushed) == {"version", "created", "bytes_written", "updated", "repaired", "warnings"}
     version_keys = {
         "namespace", "name", "version", "ref", "digest", "created_at", "description", "tags", "metrics",
         "files", "facts", "layout", "base", "base_fingerprint", "lineage",
@@ -86,7 +87,7 @@ def test_json_output_is_stable(tmp_path: Path, lorahub_env: dict[str, str]) -> N
     pulled = run_json("pull", "acme/x", "-o", str(tmp_path / "o"))
     assert isinstance(pulled, dict) and set(pulled) == {"version", "path", "bytes_written"}
     gc = run_json("gc", "--dry-run")
-    assert gc == {"blobs_removed": 0, "bytes_freed": 0, "temp_files_removed": 0, "dry_run": True}
+    assert gc == {"blobs_removed": 0, "bytes_freed": 0, "temp_files_removed": 0, "partials_removed": 0, "dry_run": True}
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,14 @@ def test_pull_into_non_empty_folder(tmp_path: Path, lorahub_env: dict[str, str])
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "f").write_text("x")
     result = runner.invoke(app, ["pull", "acme/x", "-o", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--force" in result.stderr
+    assert result.exit_code == 2 and "is not a folder lora-hub wrote" in result.stderr
+    assert "--overwrite" in result.stderr
+    result = runner.invoke(app, ["pull", "acme/x", "-o", str(tmp_path / "o"), "--force"])  # not ours: not enough
+    assert result.exit_code == 2 and (tmp_path / "o" / "f").read_text() == "x"
+    run("pull", "acme/x", "-o", str(tmp_path / "o"), "--overwrite")
+    assert not (tmp_path / "o" / "f").exists()
+    result = runner.invoke(app, ["pull", "acme/x", "-o", str(tmp_path / "o")])  # now an earlier pull
+    assert result.exit_code == 2 and "holds an earlier lora-hub pull" in result.stderr and "--force" in result.stderr
     run("pull", "acme/x", "-o", str(tmp_path / "o"), "--force")
 
 

@@ -189,23 +189,66 @@ def test_list_files_skips_hidden_entries_and_walks_subfolders(tmp_path: Path) ->
         assert real.read_text() == rel
 
 
-def test_list_files_follows_symlinks(tmp_path: Path) -> None:
+def test_list_files_follows_links_inside_the_folder_only(tmp_path: Path) -> None:
+    """One rule for push and base add (lora_hub.formats.files): links that stay inside the folder are
+    followed; links that leave it, loops and broken links are refused, every one listed at once."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "weights.txt").write_text("target")
     (outside / "dir").mkdir()
     (outside / "dir" / "inner.txt").write_text("inner")
     root = tmp_path / "root"
-    root.mkdir()
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "inner.txt").write_text("inside")
+    (root / "inside.txt").symlink_to(root / "real" / "inner.txt")
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)
+    files = list_files(root)
+    assert sorted(files) == ["alias/inner.txt", "inside.txt", "real/inner.txt"]
+    assert {rel: p.read_text() for rel, p in files.items()} == dict.fromkeys(files, "inside")
+
     (root / "link.txt").symlink_to(outside / "weights.txt")
     (root / "linked_dir").symlink_to(outside / "dir", target_is_directory=True)
     (root / "broken").symlink_to(tmp_path / "missing")
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(InvalidAdapterError) as info:
+        list_files(root)
+    message = info.value.message
+    assert "6 entries refused" in message  # the loop is met through alias/ as well
+    for name, why in [
+        ("alias/loop", "loops back"),
+        ("link.txt", "leaves the folder"),
+        ("linked_dir", "leaves the folder"),
+        ("passwd", "leaves the folder (to /etc/passwd)"),
+        ("broken", "broken symbolic link"),
+        ("real/loop", "loops back"),
+    ]:
+        assert f"{name}: " in message and why in message, name
 
-    files = list_files(root)
 
-    assert set(files) == {"link.txt", "linked_dir/inner.txt"}
-    assert files["link.txt"].read_text() == "target"
-    assert files["linked_dir/inner.txt"].read_text() == "inner"
+def test_non_regular_files_and_unprintable_names_are_refused(tmp_path: Path) -> None:
+    root = write_adapter(tmp_path / "ad")
+    os.mkfifo(root / "pipe")
+    (root / "a\nb.txt").write_text("x")
+    (root / "\x1b[2Jpwned.txt").write_text("x")
+    (root / os.fsdecode(b"caf\xe9.txt")).write_text("x")
+    with pytest.raises(InvalidAdapterError) as info:
+        read_adapter_dir(root)
+    message = info.value.message
+    assert "4 entries refused" in message
+    assert "pipe: not a regular file" in message
+    assert "a\\nb.txt: the name" in message and "\\x1b[2Jpwned.txt" in message and "caf\\xe9.txt" in message
+    assert "\x1b" not in message  # the escape sequence never reaches a terminal raw
+
+
+def test_a_config_that_is_a_fifo_or_a_device_link_is_named_as_such(tmp_path: Path) -> None:
+    root = write_adapter(tmp_path / "ad")
+    (root / "adapter_config.json").unlink()
+    os.mkfifo(root / "adapter_config.json")
+    refused(root, "adapter_config.json: not a regular file")
+    (root / "adapter_config.json").unlink()
+    (root / "adapter_config.json").symlink_to("/dev/zero")
+    refused(root, "adapter_config.json: a symbolic link that leaves the folder (to /dev/zero)")
 
 
 @pytest.mark.parametrize("name", ["adapter_model.bin", "sub/optimizer.pt", "x.PTH", "a.ckpt", "b.pkl", "c.pickle"])
@@ -217,14 +260,13 @@ def test_list_files_refuses_pickle_files(tmp_path: Path, name: str) -> None:
         list_files(root)
 
 
-def test_symlinked_weights_are_read(tmp_path: Path) -> None:
-    real = write_adapter(tmp_path / "real")
+def test_symlinked_weights_inside_the_folder_are_read(tmp_path: Path) -> None:
+    real = write_adapter(tmp_path / "ad" / "real")
     folder = tmp_path / "ad"
-    folder.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         (folder / name).symlink_to(real / name)
     ad = read_adapter_dir(folder)
-    assert ad.facts.size_bytes == file_sizes(real)
+    assert ad.facts.size_bytes == 2 * file_sizes(real)  # the files and the links' targets, both stored
     assert len(ad.layout.modules) == 4
 
 

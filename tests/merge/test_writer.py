@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import lora_hub.merge.writer as wr
+from lora_hub.errors import MergeError
 from lora_hub.merge.writer import DIRECT_ALIGN, Entry, OutputFiles, ShardWriter, shard_size
 
 RNG = np.random.default_rng(3)
@@ -206,7 +207,7 @@ def test_a_source_shorter_than_its_tensor_is_refused(tmp_path: Path, direct: boo
     writer = files.open(0)
     fd = os.open(short, os.O_RDONLY)
     try:
-        with pytest.raises(ValueError, match=r"ended .* early|does not match"):
+        with pytest.raises(MergeError, match=r"ended .* early|does not match"):
             writer.copy_range(fd, 0, TENSORS["a.weight"].nbytes)
             writer.write(TENSORS["b.weight"].tobytes())
             writer.close()
@@ -268,7 +269,7 @@ def test_a_short_shard_is_refused_at_close(tmp_path: Path, direct: bool) -> None
     try:
         writer = files.open(0)
         writer.write(TENSORS["a.weight"].tobytes())  # b.weight never comes
-        with pytest.raises(ValueError, match="written size does not match the header"):
+        with pytest.raises(MergeError, match="written size does not match the header"):
             writer.close()
     finally:
         files.close()
@@ -277,7 +278,7 @@ def test_a_short_shard_is_refused_at_close(tmp_path: Path, direct: bool) -> None
 def test_a_presized_shard_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
     path = tmp_path / NAMES[0]
     path.write_bytes(b"\0" * 100)
-    with pytest.raises(ValueError, match="not as it was created for this shard"):
+    with pytest.raises(MergeError, match="not as it was created for this shard"):
         ShardWriter(path, entries(SHARDS[0]), META, presized=True)
 
 
