@@ -14,7 +14,10 @@ from lora_hub.export.run import export_model
 from tests.export.models import Sources, assert_matches, inputs, leftovers
 from tests.helpers import listing
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,  # an ONNX export takes 10-30 s even for a tiny model
+    pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning"),
+]
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'lora-hub[export]')")
 
 
