@@ -1060,10 +1060,11 @@ class Hub:
 
     # --- maintenance -------------------------------------------------------------------------
 
-    def gc(self, *, dry_run: bool = False) -> GcReport:
+    def gc(self, *, dry_run: bool = False, wait_s: float = 600.0) -> GcReport:
         """Delete blobs that no version references, temporary files of dead writers, and the hidden
-        partial output folders of pulls and merges that were killed."""
-        with self.catalog.leases.collecting():
+        partial output folders of pulls and merges that were killed. Waits up to ``wait_s`` for
+        running pushes to finish (new ones wait for gc), then raises ``ConflictError``."""
+        with self.catalog.leases.collecting(wait_s=wait_s):
             referenced = self.catalog.referenced_digests()
             removed = freed = 0
             for digest, size in list(self.store.digests()):

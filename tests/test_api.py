@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from lora_hub import Hub
+from lora_hub.catalog import HEAD_REVISION
 from lora_hub.errors import (
     AdapterNotFoundError,
     DestinationExistsError,
@@ -20,7 +22,6 @@ from lora_hub.errors import (
     PickleRefusedError,
     VersionNotFoundError,
 )
-from lora_hub.hashing import hash_file
 from lora_hub.types import ListQuery
 from tests.helpers import adapter_config, adapter_tensors, blob_path, tree_bytes, write_adapter
 
@@ -41,7 +42,7 @@ def test_push_records_facts_and_pull_is_byte_identical(hub: Hub, tmp_path: Path)
     assert v.facts.num_params == expected_params
     assert v.facts.size_bytes == sum(len(b) for b in tree_bytes(src).values())
     assert {f.path: f.digest for f in v.files} == {
-        rel: hash_file(src / rel)[0]
+        rel: "sha256:" + hashlib.sha256((src / rel).read_bytes()).hexdigest()
         for rel in ("README.md", "adapter_config.json", "adapter_model.safetensors", "sub/notes.txt")
     }
     out = hub.pull("acme/sql-lora:1", tmp_path / "out")
@@ -303,4 +304,6 @@ def test_gc_removes_only_unreferenced_blobs(hub: Hub, tmp_path: Path) -> None:
 
 
 def test_upgrade_db_is_idempotent(hub: Hub) -> None:
-    assert hub.upgrade_db() == hub.upgrade_db()
+    first = hub.upgrade_db()
+    assert first.revision == HEAD_REVISION and hub.upgrade_db() == first
+    assert "://" in first.database and "password" not in first.database

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from lora_hub import Hub
+from lora_hub.errors import ConflictError
+from lora_hub.store import LocalStore
 from lora_hub.types import ListQuery
 from tests.helpers import kill, run_until_hang, tree_bytes, write_adapter
 
@@ -30,7 +32,8 @@ def test_concurrent_pushes_get_unique_gap_free_versions(tmp_path: Path, catalog_
         str(write_adapter(tmp_path / f"a{w}_{i}", seed=w * 100 + i)) for w in range(WORKERS) for i in range(PUSHES_EACH)
     ]
     home = str(tmp_path / "home")
-    Hub(home, database_url=catalog_url).catalog.close()  # migrate once up front, as `db upgrade` would
+    with Hub(home, database_url=catalog_url) as hub:
+        hub.upgrade_db()  # migrate once up front, as `db upgrade` would
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(WORKERS)
     results = ctx.Queue()
@@ -93,48 +96,52 @@ def test_push_killed_midway_leaves_no_adapter_and_gc_cleans_up(
     src = write_adapter(tmp_path / "a")
     proc = run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, point, tmp_path / "parked")
     kill(proc)
-    hub = Hub()
-    assert hub.list_versions() == []
-    temp_dir = Path(lorahub_env["LORAHUB_HOME"]) / "blobs" / "tmp"
-    leftovers = list(temp_dir.iterdir())
-    assert len(leftovers) == (1 if point == "store.put.before_fsync" else 0)
-    res = hub.push(src, "acme/x")
-    assert res.created and res.version.version == 1
-    report = hub.gc()
-    assert report.temp_files_removed == len(leftovers)
-    assert not temp_dir.exists() or list(temp_dir.iterdir()) == []
-    assert report.blobs_removed == 0  # what the killed push stored is now referenced
-    hub.pull("acme/x", tmp_path / "out")
+    with Hub() as hub:  # the killed push's store lease does not block: its process is gone
+        assert hub.list_versions() == []
+        temp_dir = Path(lorahub_env["LORAHUB_HOME"]) / "blobs" / "tmp"
+        leftovers = list(temp_dir.iterdir())
+        assert len(leftovers) == (1 if point == "store.put.before_fsync" else 0)
+        res = hub.push(src, "acme/x")
+        assert res.created and res.version.version == 1
+        report = hub.gc()
+        assert report.temp_files_removed == len(leftovers)
+        assert not temp_dir.exists() or list(temp_dir.iterdir()) == []
+        assert report.blobs_removed == 0  # what the killed push stored is now referenced
+        hub.pull("acme/x", tmp_path / "out")
     assert tree_bytes(tmp_path / "out") == tree_bytes(src)
 
 
 def test_orphan_blob_of_killed_push_is_collected(tmp_path: Path, lorahub_env: dict[str, str]) -> None:
     src = write_adapter(tmp_path / "a")
     kill(run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, "push.before_catalog", tmp_path / "p"))
-    hub = Hub()
-    assert hub.list_versions() == []
-    assert hub.gc().blobs_removed == 2  # config + weights, never recorded
+    with Hub() as hub:
+        assert hub.list_versions() == []
+        assert hub.gc().blobs_removed == 2  # config + weights, never recorded
 
 
 def test_gc_leaves_live_writers_alone(tmp_path: Path, lorahub_env: dict[str, str]) -> None:
     src = write_adapter(tmp_path / "a")
     proc = run_until_hang(["push", str(src), "--name", "acme/x"], lorahub_env, "store.put.before_fsync", tmp_path / "p")
+    store = LocalStore(Path(lorahub_env["LORAHUB_HOME"]) / "blobs")
     try:
-        hub = Hub()
-        assert hub.store.remove_stale_temp() == 0  # its temp file is locked by a live process
+        assert store.remove_stale_temp() == 0  # its temp file is locked by a live process
+        with Hub() as hub, pytest.raises(ConflictError, match="pushes in progress"):
+            hub.gc(wait_s=0.5)  # nor does gc run while the push holds its store lease
     finally:
         kill(proc)
-    assert hub.store.remove_stale_temp() == 1
+    assert store.remove_stale_temp() == 1
 
 
 def test_pull_killed_midway_leaves_no_output(tmp_path: Path, lorahub_env: dict[str, str]) -> None:
     src = write_adapter(tmp_path / "a", extra_files={"README.md": b"x"})
-    Hub().push(src, "acme/x")
+    with Hub() as hub:
+        hub.push(src, "acme/x")
     dest = tmp_path / "out"
     kill(run_until_hang(["pull", "acme/x", "-o", str(dest)], lorahub_env, "pull.after_file", tmp_path / "p"))
     assert not dest.exists()
     partials = [p for p in tmp_path.iterdir() if ".lorahub-partial-" in p.name]
     assert len(partials) == 1
-    Hub().pull("acme/x", dest)
+    with Hub() as hub:
+        hub.pull("acme/x", dest)
     assert tree_bytes(dest) == tree_bytes(src)
     assert [p for p in tmp_path.iterdir() if ".lorahub-partial-" in p.name] == []

@@ -333,9 +333,13 @@ def _execute(
             writer.put("close")
         writer.finish()
         verifier.drain()  # the streamed tensors' checks, run beside the compute
-    except BaseException:
-        with contextlib.suppress(BaseException):
+    except BaseException as failure:
+        # Stop the writer threads before the failure propagates; a second error there (the shard
+        # the first one left half-written) is kept as a note on the first, never raised instead.
+        try:
             writer.finish()
+        except Exception as second:
+            failure.add_note(f"while stopping the writer: {type(second).__name__}: {second}")
         raise
     finally:
         scratch.close()
