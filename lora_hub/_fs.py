@@ -96,14 +96,22 @@ def overlap(dest: Path, protected: Protected) -> str | None:
 
 
 def check_not_protected(dest: Path, protected: Iterable[Protected]) -> None:
-    """Refuse ``dest`` if it is, holds or lies inside any protected path."""
-    for p in protected:
-        how = overlap(dest, p)
-        if how is not None:
-            raise ProtectedPathError(
-                f"refusing to write to {dest}: it {how} {p.what} ({p.path})",
-                hint="choose an output folder outside it; nothing was written",
-            )
+    """Refuse ``dest`` if it is, holds or lies inside any protected path. The message names the
+    closest one: what ``dest`` is, else the innermost that it lies inside, else the outermost that
+    it holds (the first listed, on a tie)."""
+    hits = [(how, p) for p in protected if (how := overlap(dest, p)) is not None]
+    if not hits:
+        return
+
+    def closeness(hit: tuple[str, Protected]) -> tuple[int, int]:
+        depth = len(_real(hit[1].path).parts)
+        return {"is": (0, 0), "lies inside": (1, -depth), "holds": (2, depth)}[hit[0]]
+
+    how, p = min(hits, key=closeness)
+    raise ProtectedPathError(
+        f"refusing to write to {dest}: it {how} {p.what} ({p.path})",
+        hint="choose an output folder outside it; nothing was written",
+    )
 
 
 def written_by_lorahub(folder: Path) -> dict[str, Any] | None:

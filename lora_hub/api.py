@@ -166,8 +166,7 @@ class Hub:
     def _protected(self, inputs: Iterable[Protected] = ()) -> list[Protected]:
         """What no output may be, hold or lie inside: the home, the blob store, the SQLite
         catalog, every registered base's folder, and the command's own inputs."""
-        # The most specific first, so that a refusal names what the output would have hit.
-        out = []
+        out = [Protected(self.settings.home, "the lora-hub home (LORAHUB_HOME)")]
         if self.store.local_root is not None:
             out.append(Protected(self.store.local_root, "the blob store"))
         db_file = _sqlite_file(self.settings.database_url)
@@ -175,7 +174,6 @@ class Hub:
             out.append(Protected(db_file, "the catalog database"))
         bases = self.catalog.bases.all()
         out += [Protected(Path(b.path), f"the folder of registered base {b.name}") for b in bases if b.path]
-        out.append(Protected(self.settings.home, "the lora-hub home (LORAHUB_HOME)"))
         return [*out, *inputs]
 
     def _partials(self) -> PartialRegistry:
@@ -1133,7 +1131,7 @@ def _split_weight(spec: str) -> tuple[str, float]:
 
 
 def _plan_bytes(plan: MergePlan) -> int:
-    from lora_hub.formats.safetensors_file import DTYPE_SIZES
+    from lora_hub.formats.dtypes import ITEMSIZE as DTYPE_SIZES
 
     return sum(math.prod(t.shape) * DTYPE_SIZES[t.dtype_out] for t in plan.tensors)
 

@@ -33,9 +33,10 @@ from typing import Protocol
 import numpy as np
 
 from lora_hub.errors import IntegrityError
+from lora_hub.formats.dtypes import FLOAT_DTYPES
 from lora_hub.formats.hf import ModelDir
 from lora_hub.formats.peft import ParseProblem
-from lora_hub.formats.safetensors_file import FLOAT_DTYPES, TensorInfo
+from lora_hub.formats.safetensors_file import TensorInfo
 from lora_hub.hashing import CHUNK, format_digest
 from lora_hub.progress import Advance
 from lora_hub.types import (

@@ -168,14 +168,19 @@ def test_row01_pull_and_merge_never_write_over_the_home_or_the_store(
     src = write_adapter(tmp_path / "src")
     ref = hub.push(src, "acme/x").version.ref
     dest = tmp_path if where == "parent" else tmp_path / where
-    how = {"home": "is", "parent": "holds"}.get(where, "lies inside")
+    home, store = hub.settings.home, hub.settings.home / "blobs"
+    how, what, path = {  # the closest protected path is named
+        "home": ("is", "the lora-hub home (LORAHUB_HOME)", home),
+        "home/blobs": ("is", "the blob store", store),
+        "home/blobs/sha256": ("lies inside", "the blob store", store),
+        "home/new": ("lies inside", "the lora-hub home (LORAHUB_HOME)", home),
+        "parent": ("holds", "the lora-hub home (LORAHUB_HOME)", home),
+    }[where]
     before = snapshot(tmp_path)
     for flags in FLAGS:
         with pytest.raises(ProtectedPathError) as info:
             hub.pull(ref, dest, **flags)
-        assert info.value.message == (
-            f"refusing to write to {dest}: it {how} the lora-hub home (LORAHUB_HOME) ({hub.settings.home})"
-        )
+        assert info.value.message == f"refusing to write to {dest}: it {how} {what} ({path})"
         assert info.value.hint == "choose an output folder outside it; nothing was written"
         with pytest.raises(ProtectedPathError, match="refusing to write to"):
             hub.merge(str(llama), [ref], dest, **flags)
@@ -945,7 +950,7 @@ def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, .
 COMMANDS = dict(_commands(typer.main.get_command(app)))
 # Commands added after the trial (lora_hub/cli/rank.py, lora_hub/cli/export.py) declare no metavars,
 # so typer shows its own (<str>, <path>, {adapter}): the row-24 fix did not reach them.
-NEWER = {("export",)}  # its options declare no metavars yet
+NEWER: set[tuple[str, ...]] = set()  # commands whose options declare no metavars yet
 
 
 def test_row24_short_flags_are_consistent() -> None:

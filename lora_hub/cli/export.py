@@ -24,27 +24,42 @@ from lora_hub.errors import InvalidArgumentError
 @handle_errors
 def export(
     model: Annotated[
-        str | None, typer.Argument(help="Registered base name (merged or not), or an HF model folder.")
+        str | None, typer.Argument(metavar="MODEL", help="Registered base name (merged or not), or an HF model folder.")
     ] = None,
     format: Annotated[
-        str | None, typer.Option("--format", help="torchscript, torch-export, aoti, onnx or tensorrt.")
+        str | None,
+        typer.Option("--format", metavar="FORMAT", help="torchscript, torch-export, aoti, onnx or tensorrt."),
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write the artifact to.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="DIR", help="Folder to write the artifact to.")
+    ] = None,
     with_cache: Annotated[
         bool,
         typer.Option("--with-cache", help="Static-KV-cache program for generation (decoder LMs; torch-export, aoti)."),
     ] = False,
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (the model's), float32, bfloat16 or float16.")] = "auto",
-    device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu or cuda.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", metavar="DTYPE", help="auto (the model's), float32, bfloat16 or float16.")
+    ] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", metavar="DEVICE", help="auto (cuda if present), cpu or cuda.")
+    ] = "auto",
     max_batch: Annotated[
         int | None,
-        typer.Option("--max-batch", help="Largest batch (the cache's batch with --with-cache); default 8 (1)."),
+        typer.Option(
+            "--max-batch", metavar="N", help="Largest batch (the cache's batch with --with-cache); default 8 (1)."
+        ),
     ] = None,
     max_seq: Annotated[
         int | None,
-        typer.Option("--max-seq", help="Longest sequence (the cache length with --with-cache); default 1024 or less."),
+        typer.Option(
+            "--max-seq",
+            metavar="N",
+            help="Longest sequence (the cache length with --with-cache); default 1024 or less.",
+        ),
     ] = None,
-    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (onnx only); default 20.")] = None,
+    opset: Annotated[
+        int | None, typer.Option("--opset", metavar="N", help="ONNX opset (onnx only); default 20.")
+    ] = None,
     force: ForceOpt = False,
     overwrite: OverwriteOpt = False,
     list_formats: Annotated[
@@ -54,6 +69,7 @@ def export(
 ) -> None:
     """Export a model for deployment; the artifact is run back and checked against the eager model.
 
+    \b
     \b
     Examples:
       lorahub export acme/llama-sql --format onnx -o ./llama-sql-onnx

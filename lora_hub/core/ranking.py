@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_hub import compat
 from lora_hub.errors import DestinationExistsError, IncompatibleError, InvalidArgumentError, InvalidModelError
+from lora_hub.formats.dtypes import NAME
 from lora_hub.formats.hf import ModelDir
 from lora_hub.progress import NoProgress, Progress
 from lora_hub.rank.types import ExtractResult, RankAnalysis, ReduceResult
@@ -207,11 +208,7 @@ def extract(
         )
     if dtype == "auto":
         stored = {tuned_model.tensors[t.key][1].dtype for t in plan.targets}
-        dtype = (
-            {"BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(stored.pop(), "float32")
-            if len(stored) == 1
-            else "float32"
-        )
+        dtype = NAME.get(stored.pop(), "float32") if len(stored) == 1 else "float32"
     torch_device = pick_device(device)
     with progress.task(f"extracting {len(plan.targets)} modules", len(plan.targets), unit="tensors") as advance:
         result = extract_lora(

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_hub.errors import InvalidAdapterError, PathError, PickleRefusedError
+from lora_hub.formats.dtypes import FLOAT_DTYPES, NAME
 from lora_hub.formats.files import list_folder
 from lora_hub.formats.safetensors_file import (
-    FLOAT_DTYPES,
     PICKLE_HINT,
     SafetensorsHeader,
     TensorInfo,
@@ -44,7 +44,6 @@ MAX_CONFIG_BYTES = 1 << 20
 KEY_PREFIX = "base_model.model."
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
-TORCH_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 _LORA_KEY = re.compile(
     r"^(?P<path>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B"
@@ -347,7 +346,7 @@ def _facts(
                 saved[name] = SavedTensor(
                     name=name,
                     key=None if name == key else t.name,
-                    dtype=TORCH_DTYPE_NAMES.get(t.dtype, t.dtype),
+                    dtype=NAME.get(t.dtype, t.dtype),
                     shape=list(t.shape),
                     base_layer=".base_layer." in key,
                 )
@@ -440,7 +439,7 @@ def _facts(
         problems.append(ParseProblem("no LoRA tensors (lora_A / lora_B) in the file"))
 
     dtypes = {t.dtype for t in header}
-    dtype = TORCH_DTYPE_NAMES.get(next(iter(dtypes)), "other") if len(dtypes) == 1 else "mixed"
+    dtype = NAME.get(next(iter(dtypes)), "other") if len(dtypes) == 1 else "mixed"
     mts = config.get("modules_to_save") or []
     facts = AdapterFacts(
         peft_type="LORA",

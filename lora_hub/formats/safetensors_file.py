@@ -33,18 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from lora_hub.errors import PickleRefusedError, SafetensorsFormatError
+from lora_hub.formats.dtypes import ITEMSIZE
 
 MAX_HEADER_BYTES = 25 * 1024 * 1024
 MAX_TENSORS = 200_000
 MAX_NAME_CHARS = 1024
 
-DTYPE_SIZES: dict[str, int] = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U64": 8, "U32": 4, "U16": 2, "U8": 1,
-    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
-FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+DTYPE_SIZES = ITEMSIZE  # the strict reader's allowlist, with each dtype's size
 
 # Bits that are all ones exactly when a float is NaN or +-Inf, with the unsigned type to view it as.
 _NONFINITE_MASK: dict[str, tuple[type[np.unsignedinteger], int]] = {

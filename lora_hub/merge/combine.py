@@ -30,13 +30,14 @@ import torch
 from safetensors import safe_open
 
 from lora_hub.errors import IncompatibleError, InvalidArgumentError, NotSupportedError
+from lora_hub.formats.dtypes import BY_NAME, torch_dtype
 from lora_hub.formats.peft import KEY_PREFIX
 from lora_hub.merge.methods import Method, generator_for
 from lora_hub.merge.plan import AdapterInput
 from lora_hub.types import LoraModule
 
 FLOAT32_MAX = 3.4028234663852886e38
-TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+TORCH = {name: torch_dtype(name) for name in BY_NAME}
 
 
 @dataclass(frozen=True)

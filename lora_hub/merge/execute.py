@@ -37,8 +37,9 @@ import torch
 from safetensors import safe_open
 
 from lora_hub.errors import MergeError
+from lora_hub.formats.dtypes import ITEMSIZE as DTYPE_SIZES
+from lora_hub.formats.dtypes import torch_dtype
 from lora_hub.formats.hf import ModelDir
-from lora_hub.formats.safetensors_file import DTYPE_SIZES
 from lora_hub.hashing import format_digest
 from lora_hub.merge.methods import Method, generator_for, get_method
 from lora_hub.merge.plan import BiasOp, DoraOp, FactorOp, MergePlan, ReplaceOp, TensorPlan, open_output
@@ -48,11 +49,6 @@ from lora_hub.merge.writer import OutputFiles, ShardWriter, write_index
 if TYPE_CHECKING:
     from lora_hub.merge.plan import AdapterInput
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}  # fmt: skip
 BLOCK_BYTES_CPU = 4 << 20
 BLOCK_BYTES_CUDA = 64 << 20
 READ_AHEAD_BYTES = 256 << 20
@@ -427,7 +423,7 @@ def _merge_tensor(
     scratch: _Scratch,
 ) -> None:
     ensure_coefficients_fit(t)
-    out_dtype = TORCH_DTYPES[t.dtype_out]
+    out_dtype = torch_dtype(t.dtype_out)
     replace = [op for op in t.ops if isinstance(op, ReplaceOp)]
     if replace:
         on_top = [op for op in t.ops if isinstance(op, FactorOp)]
@@ -448,7 +444,7 @@ def _merge_tensor(
     assert t.source is not None
     info = model.tensors[t.name][1]
     fd = fds[t.source]
-    in_dtype = TORCH_DTYPES[t.dtype_in]
+    in_dtype = torch_dtype(t.dtype_in)
     dora = [op for op in t.ops if isinstance(op, DoraOp)]
     biases = [op for op in t.ops if isinstance(op, BiasOp)]
     factors = [op for op in t.ops if isinstance(op, FactorOp)]
@@ -615,7 +611,7 @@ def _merge_whole(t: TensorPlan, w: torch.Tensor, ops: list[FactorOp], files: _Ad
     merged = w.clone()
     tile = torch.empty(ROW_TILE, w.shape[1], dtype=torch.float32, device=w.device)
     _add_update(merged, 0, w.shape[0], left, right, tile)
-    return merged.to(TORCH_DTYPES[t.dtype_out])
+    return merged.to(torch_dtype(t.dtype_out))
 
 
 def _merge_dense(
@@ -636,7 +632,7 @@ def _merge_dense(
     gen = generator_for(params["seed"], ops[0].module) if method.random else None
     used: dict[str, Any] = {}
     combined = method.combine(deltas, [op.weight for op in ops], params, gen, used=used)  # type: ignore[misc]
-    return (w + combined).to(TORCH_DTYPES[t.dtype_out]), used.get("thresholds")
+    return (w + combined).to(torch_dtype(t.dtype_out)), used.get("thresholds")
 
 
 def _merge_dora(w: torch.Tensor, op: DoraOp, files: _AdapterFiles) -> torch.Tensor:

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lora_hub.compat import choose_key_map
 from lora_hub.errors import IncompatibleError, InvalidArgumentError
+from lora_hub.formats.dtypes import BY_NAME, FLOAT_DTYPES
 from lora_hub.formats.hf import ModelDir, side_files
-from lora_hub.formats.safetensors_file import FLOAT_DTYPES
 from lora_hub.hashing import hash_bytes
 from lora_hub.merge.methods import get_method
 from lora_hub.merge.writer import Entry, OutputFiles, shard_names, split_into_shards
@@ -34,7 +34,7 @@ from lora_hub.types import AdapterFacts, AdapterLayout
 
 PLAN_FORMAT = 2  # bump when the same recipe would produce different bytes
 MAX_SIZE = 10**18  # bytes: a shard size above it is a typo
-DTYPES = {"auto": None, "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+DTYPES: dict[str, str | None] = {"auto": None, **BY_NAME}
 
 
 class _Frozen(BaseModel):
@@ -276,9 +276,8 @@ def plan_merge(
                 ops=ops.get(name, []),
             )
         )
-    torch_names = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
     for name, (i, tensor, sdtype, shape) in sorted(new_tensors.items()):
-        din = torch_names.get(sdtype, "F32")
+        din = BY_NAME.get(sdtype, "F32")
         tensors.append(
             TensorPlan(
                 name=name,

@@ -102,6 +102,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lora_hub.errors import InvalidArgumentError, MergeError
+from lora_hub.formats.dtypes import NAME, UNIT_ROUNDOFF, torch_dtype
 
 if TYPE_CHECKING:
     from lora_hub.formats.hf import ModelDir
@@ -111,17 +112,11 @@ if TYPE_CHECKING:
 
 U32 = 2.0**-24
 U64 = 2.0**-53
-UNIT = {"F64": U64, "F32": U32, "F16": 2.0**-11, "BF16": 2.0**-8}
+UNIT = UNIT_ROUNDOFF
 # Half the smallest subnormal: the most a rounding below the normal range moves a value
 # (float64's half is 0 in float64, so its whole smallest subnormal).
 TINY = {"F64": 2.0**-1074, "F32": 2.0**-150, "F16": 2.0**-25, "BF16": 2.0**-134}
 TINY32 = 2.0**-149  # per float32 operation, counted generously
-STORED = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}  # fmt: skip
-NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 ROWS = 32  # rows compared per tensor held whole (dense methods, DoRA, saved base layers)
 ROWS_STREAMED = 8  # per streamed tensor (linear methods): the probe covers every row, norm-wise
 PREFIX = "base_model.model."
@@ -186,7 +181,7 @@ def ensure_finite(t: TensorPlan, values: torch.Tensor, *, products: bool = False
     the input's fault."""
     if bool(torch.isfinite(values).all()):
         return
-    out = NAMES.get(t.dtype_out, t.dtype_out)
+    out = NAME.get(t.dtype_out, t.dtype_out)
     narrow = t.dtype_out in ("F16", "BF16")
     limit = " (float16 holds at most 65504)" if t.dtype_out == "F16" else ""
     what = (
@@ -279,7 +274,7 @@ class _File:
     def read(self, key: str, rows: Sequence[int] | None = None) -> torch.Tensor:
         """The tensor as stored (a copy), or only ``rows`` (sorted) of its first dimension."""
         entry = self._entry(key)
-        dtype, shape = STORED[entry["dtype"]], list(entry["shape"])
+        dtype, shape = torch_dtype(entry["dtype"]), list(entry["shape"])
         start, end = entry["data_offsets"]
         if rows is None:
             data = _pread(self._fd, end - start, self._data + start, self.path)
@@ -891,7 +886,7 @@ class Streamed:
         self._probe_vector = probe_vector(v.digest, t.name, cols)
         self.x = self._probe_vector.to(device)
         self.rows = sample_rows(v.digest, t.name, rows, ROWS_STREAMED)
-        self._got = torch.empty(len(self.rows), cols, dtype=STORED[t.dtype_out])
+        self._got = torch.empty(len(self.rows), cols, dtype=torch_dtype(t.dtype_out))
 
     def capture(self, r0: int, r1: int, block: torch.Tensor) -> None:
         """Keep the sampled rows among ``r0:r1`` of ``block`` (those rows, as written)."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_hub.errors import MergeError
+from lora_hub.formats.dtypes import ITEMSIZE as DTYPE_SIZES
 from lora_hub.formats.hf import INDEX_NAME, SINGLE_NAME
-from lora_hub.formats.safetensors_file import DTYPE_SIZES
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,9 @@ import numpy as np
 import torch
 
 from lora_hub.errors import IncompatibleError, InvalidArgumentError
+from lora_hub.formats.dtypes import FLOAT_DTYPES, torch_dtype
 from lora_hub.formats.hf import ModelDir
 from lora_hub.formats.peft import KEY_PREFIX
-from lora_hub.formats.safetensors_file import FLOAT_DTYPES
 from lora_hub.merge.combine import _randomized_svd, _split
 from lora_hub.merge.methods import generator_for
 from lora_hub.rank.output import TORCH_DTYPES
@@ -61,7 +61,6 @@ EMBEDDING = re.compile(
 HEAD = re.compile(r"(^|\.)(lm_head|embed_out)$")
 # Models whose blocks use transformers' Conv1D, which stores the weight as [in, out].
 CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
-TORCH_OF = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 FIRST_SKETCH = 16
 
 
@@ -207,7 +206,7 @@ def read_weight(model: ModelDir, name: str) -> torch.Tensor:
     """One tensor, read with ``pread`` into fresh memory (no mapping of the shard stays behind)."""
     shard, info = model.tensors[name]
     raw = np.fromfile(model.headers[shard].path, dtype=np.uint8, count=info.nbytes, offset=info.start)
-    return torch.from_numpy(raw).view(TORCH_OF[info.dtype]).reshape(info.shape)
+    return torch.from_numpy(raw).view(torch_dtype(info.dtype)).reshape(info.shape)
 
 
 def _truncate(

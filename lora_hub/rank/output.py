@@ -11,13 +11,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-STORED = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+from lora_hub.formats.dtypes import BY_NAME, NAME, torch_dtype
+
+TORCH_DTYPES = {name: torch_dtype(name) for name in BY_NAME}
+STORED = NAME
 
 
 def check_dtype(dtype: str, *, allow_auto: bool = True) -> None:

@@ -26,8 +26,9 @@ import torch
 from safetensors import safe_open
 
 from lora_hub.compat import choose_key_map, read_tensor
+from lora_hub.formats.dtypes import ITEMSIZE as DTYPE_SIZES
+from lora_hub.formats.dtypes import NAME
 from lora_hub.formats.hf import ModelDir
-from lora_hub.formats.safetensors_file import DTYPE_SIZES
 from lora_hub.merge.combine import _keys, _svd_of_product
 from lora_hub.rank.types import ModuleSpectrum, RankAnalysis, RankSuggestion
 from lora_hub.types import AdapterLayout, LoraModule
@@ -208,7 +209,7 @@ def analyze_adapter(
         digest=digest,
         base=base_label,
         energies=targets,
-        dtype={"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}.get(first, first),
+        dtype=NAME.get(first, first),
         params=params,
         bytes=params * width,
         modules=spectra,
