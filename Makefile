@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # The CPU build of torch that this machine keeps on disk; install it before anything asks for torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean bench
+.PHONY: setup demo test lint typecheck format clean
 
 setup: $(VENV)/.installed
 
@@ -19,13 +19,24 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
 
-test: setup
-	$(VENV)/bin/ruff check lora_hub tests bench scripts migrations
+SOURCES := lora_hub tests bench scripts migrations
+
+# lint (ruff, formatting, types, layer rules), then the whole suite
+test: lint
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check lora_hub tests bench scripts migrations
-	$(VENV)/bin/ruff format --check lora_hub tests bench scripts migrations
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format $(SOURCES)
+	$(VENV)/bin/ruff check --fix $(SOURCES)
 
 clean:
 	rm -rf .demo build dist

@@ -11,19 +11,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lora_hub.api import Hub
+    from lora_hub.api import Hub, HubAPI, open_hub
     from lora_hub.errors import LoraHubError
 
-__version__ = "0.1.0"
-__all__ = ["Hub", "LoraHubError", "__version__"]
+from lora_hub._version import __version__
+
+__all__ = ["Hub", "HubAPI", "LoraHubError", "__version__", "open_hub"]
 
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use, so that ``lorahub`` can set up the interpreter before the heavy imports.
-    if name == "Hub":
-        from lora_hub.api import Hub
+    if name in ("Hub", "HubAPI", "open_hub"):
+        from lora_hub import api
 
-        return Hub
+        return getattr(api, name)
     if name == "LoraHubError":
         from lora_hub.errors import LoraHubError
 

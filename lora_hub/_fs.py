@@ -177,7 +177,7 @@ class PartialRegistry:
 
     def stale(self) -> list[tuple[Path, Path]]:
         """(record, partial folder) of every writer that is no longer running."""
-        out = []
+        out: list[tuple[Path, Path]] = []
         if not self.root.is_dir():
             return out
         for record in sorted(self.root.glob("*.json")):

@@ -255,7 +255,7 @@ def check(adapter: AdapterSide, base: BaseModelInfo, base_label: str) -> CompatR
     tensors = base.tensors
     names = tensors.keys()
     problems: list[Problem] = [
-        Problem(code=p.code, module=p.module, expected=p.expected, found=p.found, message=p.message)  # type: ignore[arg-type]
+        Problem(code=p.code, module=p.module, expected=p.expected, found=p.found, message=p.message)
         for p in adapter.parse_problems
     ]
     notes = list(adapter.notes)
@@ -348,7 +348,7 @@ def check(adapter: AdapterSide, base: BaseModelInfo, base_label: str) -> CompatR
             "so lora-hub cannot tell whether the weights are the same (push with --base to record it)",
         )
     return CompatReport(
-        verdict=verdict,  # type: ignore[arg-type]
+        verdict=verdict,
         adapter=adapter.label,
         base=base_label,
         base_fingerprint=base.content_fingerprint,

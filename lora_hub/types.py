@@ -59,7 +59,9 @@ class SavedTensor(_Model):
 
     @property
     def file_key(self) -> str:
-        return self.key or f"base_model.model.{self.name}"
+        from lora_hub.formats.peft import saved_key
+
+        return self.key or saved_key(self.name)
 
 
 class AdapterFacts(_Model):

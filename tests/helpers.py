@@ -179,3 +179,8 @@ def blob_path(home: Path, digest: str) -> Path:
     """Where the local blob store keeps ``digest`` (``<home>/blobs/sha256/<2 hex>/<64 hex>``, as the README says)."""
     hexd = digest.removeprefix("sha256:")
     return Path(home) / "blobs" / "sha256" / hexd[:2] / hexd
+
+
+def store_of(hub: Any) -> Any:
+    """The Hub's blob store (private: tests that check what is stored, or make the store fail)."""
+    return hub._ctx.store

@@ -23,11 +23,11 @@ from lora_hub.errors import (
     VersionNotFoundError,
 )
 from lora_hub.types import ListQuery
-from tests.helpers import adapter_config, adapter_tensors, blob_path, tree_bytes, write_adapter
+from tests.helpers import adapter_config, adapter_tensors, blob_path, store_of, tree_bytes, write_adapter
 
 
 def blob_count(hub: Hub) -> int:
-    return sum(1 for _ in hub.store.digests())
+    return sum(1 for _ in store_of(hub).digests())
 
 
 def test_push_records_facts_and_pull_is_byte_identical(hub: Hub, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from lora_hub.errors import (
 from lora_hub.formats.hf import read_model_dir
 from lora_hub.formats.peft import read_adapter_dir
 from lora_hub.types import CompatReport, Problem
-from tests.helpers import LLAMA_MODULES, adapter_tensors, save_llama, tiny_llama_shape, write_adapter
+from tests.helpers import LLAMA_MODULES, adapter_tensors, save_llama, store_of, tiny_llama_shape, write_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -412,7 +412,7 @@ def test_store_copies_every_file_and_validate_survives_the_folder(hub: Hub, zoo:
     result = hub.base_add(folder, "llama", store=True)
     assert result.base.stored and hub.base_show("llama").stored
     assert {f.path: f.digest for f in result.base.files} == on_disk
-    assert all(hub.store.has(d) for d in on_disk.values())
+    assert all(store_of(hub).has(d) for d in on_disk.values())
     assert result.stored_bytes == sum(p.stat().st_size for p in folder.iterdir())
 
     hub.push(zoo.ad_llama, "acme/qv", base="llama")
@@ -429,10 +429,10 @@ def test_gc_keeps_the_blobs_of_stored_bases(hub: Hub, zoo: Zoo) -> None:
     """`base rm` says stored blobs are freed by gc: so gc must keep them while the base is registered."""
     result = hub.base_add(zoo.llama, "llama", store=True)
     digests = [f.digest for f in result.base.files]
-    assert all(d and hub.store.has(d) for d in digests)
+    assert all(d and store_of(hub).has(d) for d in digests)
     report = hub.gc()
     assert report.blobs_removed == 0
-    assert all(d and hub.store.has(d) for d in digests)
+    assert all(d and store_of(hub).has(d) for d in digests)
     hub.base_remove("llama")
     assert hub.gc().blobs_removed == len(digests)
 
@@ -715,7 +715,7 @@ def test_push_refuses_an_adapter_that_does_not_fit(hub: Hub, zoo: Zoo, adapter: 
     else:
         assert all("input features" in p or "output features" in p for p in err.problems)
     assert hub.list_versions() == []
-    assert list(hub.store.digests()) == []
+    assert list(store_of(hub).digests()) == []
     with pytest.raises(NotFoundError):
         hub.show("acme/bad")
 

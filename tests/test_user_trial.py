@@ -51,6 +51,7 @@ from tests.helpers import (
     kill,
     run_until_hang,
     save_llama,
+    store_of,
     tree_bytes,
     write_adapter,
 )
@@ -92,7 +93,7 @@ def changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 def blobs(hub: Hub) -> dict[str, Path]:
     """The blob files of a local store by digest: files named by 64 hex digits, wherever they sit."""
-    root = hub.store.local_root
+    root = store_of(hub).local_root
     assert root is not None
     return {f"sha256:{p.name}": p for p in root.rglob("*") if re.fullmatch(r"[0-9a-f]{64}", p.name) and p.is_file()}
 
@@ -647,7 +648,7 @@ def test_row15_pull_checks_free_space_first_and_names_the_location(
     up front. Now it refuses before writing, naming the folder."""
     ref = hub.push(write_adapter(tmp_path / "a"), "acme/x").version.ref
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr("lora_hub.api.shutil.disk_usage", lambda p: usage._replace(free=100))
+    monkeypatch.setattr("lora_hub.core.common.shutil.disk_usage", lambda p: usage._replace(free=100))
     before = snapshot(tmp_path)
     with pytest.raises(StoreError) as info:
         hub.pull(ref, tmp_path / "out" / "deeper")
@@ -660,10 +661,11 @@ def test_row15_push_into_a_full_store_names_the_store(
     hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Row 15: push into a full store: a StoreError that names the store, before anything is written."""
-    monkeypatch.setattr(hub.store, "free_bytes", lambda: 10)
+    monkeypatch.setattr(store_of(hub), "free_bytes", lambda: 10)
     with pytest.raises(StoreError) as info:
         hub.push(write_adapter(tmp_path / "a"), "acme/x")
-    assert f"not enough free space for the blob store (LocalStore({str(hub.store.local_root)!r}))" in info.value.message
+    root = str(store_of(hub).local_root)
+    assert f"not enough free space for the blob store (LocalStore({root!r}))" in info.value.message
     assert "lorahub gc" in (info.value.hint or "")
     assert_nothing_stored(hub)
 
@@ -680,7 +682,7 @@ def test_row15_a_disk_that_fills_during_a_push_names_the_store(
     monkeypatch.setattr("lora_hub.store.local.copy_and_hash", full)
     with pytest.raises(StoreError) as info:
         hub.push(write_adapter(tmp_path / "a"), "acme/x")
-    assert info.value.message == f"cannot write to the blob store at {hub.store.local_root}: full"
+    assert info.value.message == f"cannot write to the blob store at {store_of(hub).local_root}: full"
     assert_nothing_stored(hub)
 
 

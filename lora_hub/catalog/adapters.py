@@ -185,6 +185,7 @@ class Adapters:
 
     def _lock_adapter(self, s: Session, name: AdapterName) -> AdapterRow:
         values = {"namespace": name.namespace, "name": name.name, "next_version": 1, "created_at": utcnow()}
+        insert: Any
         if s.get_bind().dialect.name == "postgresql":
             # Imported here: the Postgres dialect package costs 0.1 s of start-up on SQLite.
             from sqlalchemy.dialects.postgresql import insert

@@ -104,8 +104,8 @@ class Bases:
                 .where(VersionRow.signature.is_not(None), VersionRow.signature.not_in(done))
                 .group_by(VersionRow.signature)
             )
-            rows = [
-                tuple(r)
+            rows: list[tuple[VersionRow, AdapterRow]] = [
+                (r[0], r[1])
                 for r in s.execute(
                     select(VersionRow, AdapterRow)
                     .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
@@ -113,8 +113,8 @@ class Bases:
                     .options(undefer(VersionRow.layout))
                 ).all()
             ]
-            loaded = versions_from_rows(s, rows, with_layout=True)  # type: ignore[arg-type]
-            return [(row.signature, v, row.base_model_type) for (row, _), v in zip(rows, loaded, strict=True)]  # type: ignore[misc]
+            loaded = versions_from_rows(s, rows, with_layout=True)
+            return [(row.signature or "", v, row.base_model_type) for (row, _), v in zip(rows, loaded, strict=True)]
 
     def record_fits(self, base: str, fits: dict[str, bool]) -> None:
         if not fits:

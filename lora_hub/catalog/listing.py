@@ -123,7 +123,7 @@ def search(db: Database, query: ListQuery) -> VersionPage:
             total = s.scalar(select(func.count()).select_from(bounded)) or 0
             capped = total > query.offset + COUNT_CAP
             total = min(total, query.offset + COUNT_CAP)
-        items = versions_from_rows(s, rows[: query.limit], with_layout=False)  # type: ignore[arg-type]
+        items = versions_from_rows(s, rows[: query.limit], with_layout=False)
     notes = []
     if sort_metric and items and not any(sort_metric in v.metrics for v in items):
         notes.append(f"no listed version has the metric {sort_metric!r}, so --sort left the default order")
@@ -199,7 +199,7 @@ def _broad(s: Session, cond: Condition) -> bool:
     probe = select(MetricRow.version_id).where(
         MetricRow.key == cond.field, _compare(MetricRow.value, cond.op, cond.value)
     )
-    return s.scalar(select(func.count()).select_from(probe.limit(_BROAD_ROWS).subquery())) >= _BROAD_ROWS
+    return (s.scalar(select(func.count()).select_from(probe.limit(_BROAD_ROWS).subquery())) or 0) >= _BROAD_ROWS
 
 
 def _fits_base(base: str) -> ColumnElement[bool]:

@@ -27,7 +27,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from lora_hub.api import Hub
+from lora_hub.api import HubAPI, open_hub
 from lora_hub.errors import InvalidArgumentError, LoraHubError
 from lora_hub.progress import Advance
 from lora_hub.types import human_bytes
@@ -74,8 +74,19 @@ def debug_enabled() -> bool:
     return os.environ.get("LORAHUB_DEBUG", "") not in ("", "0", "false", "no")
 
 
-def hub() -> Hub:
-    return Hub()
+_OPENED: list[HubAPI] = []
+
+
+def hub() -> HubAPI:
+    """The ``HubAPI`` of this command (``open_hub``), closed when the command returns."""
+    opened = open_hub()
+    _OPENED.append(opened)
+    return opened
+
+
+def _close_hubs() -> None:
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -87,7 +98,10 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         as_json = bool(kwargs.get("json"))
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _close_hubs()
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except LoraHubError as exc:

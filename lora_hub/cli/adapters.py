@@ -18,14 +18,14 @@ from lora_hub.cli._common import (
     handle_errors,
     hub,
     human_bytes,
-    human_count,
     out,
     parse_metric_args,
     print_json,
     say,
     warn,
 )
-from lora_hub.types import AdapterVersion, BaseModelInfo, ListQuery
+from lora_hub.cli.render import print_base, print_version
+from lora_hub.types import BaseModelInfo, ListQuery
 
 
 def register(app: typer.Typer) -> None:
@@ -203,57 +203,12 @@ def show(ref: RefArg, json: JsonOpt = False) -> None:
         print_json(v)
         return
     if isinstance(v, BaseModelInfo):
-        from lora_hub.cli.bases import _print_base  # moves to a render module with the layout work
-
-        _print_base(v, all_tensors=False)
+        print_base(v, all_tensors=False)
         return
-    _print_version(v)
+    print_version(v)
     clash = h.name_clash(ref)
     if clash:
         say(f"note: {clash}")
-
-
-def _print_version(v: AdapterVersion) -> None:
-    f = v.facts
-    lines = [
-        ("ref", v.ref),
-        ("digest", v.digest),
-        ("created", v.created_at.isoformat(timespec="seconds")),
-        ("description", v.description or "-"),
-        ("tags", ", ".join(v.tags) or "-"),
-        ("metrics", ", ".join(f"{k}={val:g}" for k, val in v.metrics.items()) or "-"),
-        ("rank", f"{f.rank}" + (f"  (pattern: {f.rank_pattern})" if f.rank_pattern else "")),
-        ("alpha", f"{f.alpha:g}" + (f"  (pattern: {f.alpha_pattern})" if f.alpha_pattern else "")),
-        ("targets", ", ".join(f.target_modules)),
-        (
-            "options",
-            ", ".join(
-                name
-                for name, on in (
-                    ("rslora", f.use_rslora),
-                    ("dora", f.use_dora),
-                    ("fan_in_fan_out", f.fan_in_fan_out),
-                    ("lora_bias", f.lora_bias),
-                )
-                if on
-            )
-            or "-",
-        ),
-        ("modules_to_save", ", ".join(f.modules_to_save) or "-"),
-        ("dtype", f.dtype),
-        ("params", f"{f.num_params:,} ({human_count(f.num_params)})"),
-        ("size", human_bytes(f.size_bytes)),
-        ("task_type", f.task_type or "-"),
-        ("base_model", (f.base_model_name_or_path or "-") + (f" @ {f.revision}" if f.revision else "")),
-    ]
-    if v.layout is not None:
-        lines.append(("modules", f"{len(v.layout.modules)} LoRA modules, {len(v.layout.saved_tensors)} saved tensors"))
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        say(f"{key:<{width}}  {value}")
-    say("files")
-    for entry in v.files:
-        say(f"  {entry.path}  {human_bytes(entry.size)}  {entry.digest}")
 
 
 @handle_errors

@@ -21,7 +21,8 @@ from lora_hub.cli._common import (
     say,
     warn,
 )
-from lora_hub.types import BaseModelInfo, CompatReport
+from lora_hub.cli.render import print_base
+from lora_hub.types import CompatReport
 
 app = typer.Typer(help="Register and inspect base models.", no_args_is_help=True, rich_markup_mode=None)
 BaseArg = Annotated[str, typer.Argument(metavar="NAME", help="Registered base name.", show_default=False)]
@@ -97,62 +98,7 @@ def show(
     if json:
         print_json(b)
         return
-    _print_base(b, tensors)
-
-
-def _print_base(b: BaseModelInfo, all_tensors: bool) -> None:
-    lines = [
-        ("name", b.name or "-"),
-        ("content", b.content_fingerprint),
-        ("structure", b.structure_fingerprint),
-        ("model_type", b.model_type or "-"),
-        ("architectures", ", ".join(b.architectures) or "-"),
-        ("dtype", b.dtype),
-        ("params", f"{b.num_params:,} ({human_count(b.num_params)})"),
-        ("tensors", str(b.num_tensors)),
-        ("size", human_bytes(b.size_bytes)),
-        ("path", (b.path or "-") + (f"  ({b.status})" if b.status and b.status != "ok" else "")),
-        ("stored", "yes (blob store)" if b.stored else "no"),
-        ("added", b.created_at.isoformat(timespec="seconds") if b.created_at else "-"),
-    ]
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        out.print(f"{key:<{width}}  {value}", markup=False)
-    if b.lineage:
-        recipe = b.lineage.get("recipe", {})
-        report = b.lineage.get("report", {})
-        out.print("lineage", markup=False)
-        out.print(f"  recipe        {b.lineage.get('recipe_digest')}", markup=False)
-        out.print(f"  base          {recipe.get('base_fingerprint')}", markup=False)
-        for a in recipe.get("adapters", []):
-            out.print(f"  adapter       {a['ref']} @ {a['weight']:g}  {a['digest']}", markup=False)
-        out.print(f"  method        {recipe.get('method')}  dtype {recipe.get('dtype')}", markup=False)
-        versions = ", ".join(f"{k} {v}" for k, v in b.lineage.get("versions", {}).items())
-        out.print(f"  versions      {versions}", markup=False)
-        worst = report.get("worst_error")
-        if report.get("error_kind") == "fraction_of_bound":
-            kinds = ["+".join(c) for c in report.get("checks", {}).values()]
-            how = ", ".join(f"{k} {kinds.count(k)}" for k in sorted(set(kinds))) or "none changed"
-            checked = f"tensors against a float64 recomputation ({how}), "
-            error = f"worst error {100 * worst:.3g}% of its rounding bound" if worst is not None else ""
-            unchecked = f", {len(report.get('not_verified', []))} NOT verified" if report.get("not_verified") else ""
-        else:  # a record from before those checks: the probe's relative error
-            checked, unchecked = "tensors by a probe, ", ""
-            error = f"worst relative error {worst:.3g}" if worst is not None else ""
-        out.print(
-            f"  verification  {report.get('verified_tensors')} {checked}"
-            + (f"{error} ({report.get('worst_tensor')})" if worst is not None else "nothing to compare")
-            + unchecked
-            + (", passed" if report.get("passed") else ", FAILED"),
-            markup=False,
-        )
-    out.print("files", markup=False)
-    for f in b.files:
-        out.print(f"  {f.path}  {human_bytes(f.size)}" + (f"  {f.digest}" if f.digest else ""), markup=False)
-    if all_tensors and b.tensors:
-        out.print("tensors", markup=False)
-        for tname, t in b.tensors.items():
-            out.print(f"  {tname}  {t.dtype}{t.shape}  {t.file}  {t.digest}", markup=False)
+    print_base(b, tensors)
 
 
 @app.command("rm")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lora_hub import __version__
+from lora_hub._version import __version__
 from lora_hub.cli import adapters, admin, bases, export, merge, metrics, rank
 
 app = typer.Typer(
@@ -67,4 +67,4 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code or 0)
-    sys.exit(code)
+    sys.exit(code if code is None or isinstance(code, int | str) else 1)

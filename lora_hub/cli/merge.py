@@ -17,6 +17,7 @@ from lora_hub.cli._common import (
     human_bytes,
     out,
     print_json,
+    say,
 )
 from lora_hub.errors import InvalidArgumentError
 
@@ -234,20 +235,16 @@ def combine(
 @handle_errors
 def methods(json: JsonOpt = False) -> None:
     """List the methods for merge and combine: formula, parameters, paper."""
-    from lora_hub.merge.methods import METHODS
-
+    described = hub().methods()
     if json:
-        print_json([m.describe() for m in METHODS.values()])
+        print_json(described)
         return
-    for m in METHODS.values():
-        out.print(f"{m.name}  ({', '.join(m.outputs)})  {m.summary}", markup=False)
-        out.print(f"    {m.formula}", markup=False)
-        for p in m.params:
-            choices = f" ({'|'.join(p.choices)})" if p.choices else ""
-            out.print(
-                f"    --{p.name.replace('_', '-')} {p.kind.__name__}{choices} = {p.default}: {p.help}", markup=False
-            )
-        if m.random:
-            out.print("    --seed int = 0: seed of the random draws", markup=False)
-        if m.reference:
-            out.print(f"    paper: {m.reference}", markup=False)
+    for m in described:
+        say(f"{m['name']}  ({', '.join(m['outputs'])})  {m['summary']}")
+        say(f"    {m['formula']}")
+        for param in m["params"]:
+            choices = f" ({'|'.join(param['choices'])})" if param["choices"] else ""
+            flag = "--" + param["name"].replace("_", "-")
+            say(f"    {flag} {param['type']}{choices} = {param['default']}: {param['help']}")
+        if m["reference"]:
+            say(f"    paper: {m['reference']}")

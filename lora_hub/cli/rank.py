@@ -74,15 +74,7 @@ def analyze(
       lorahub analyze ./my-adapter --json
     """
     targets = _floats(energy)
-    if plot is not None:
-        from lora_hub.rank.plot import require_matplotlib
-
-        require_matplotlib()
-    result = hub().analyze(adapter, base=base, energies=targets, progress=RichProgress(not json))
-    if plot is not None:
-        from lora_hub.rank.plot import plot_spectra
-
-        plot_spectra(result, plot)
+    result = hub().analyze(adapter, base=base, energies=targets, plot=plot, progress=RichProgress(not json))
     if json:
         print_json(result)
         return

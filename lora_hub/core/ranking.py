@@ -1,4 +1,4 @@
-"""``Hub.analyze``, ``Hub.reduce`` and ``Hub.extract``: resolve the inputs through the hub, run the
+"""``Hub.analyze``, ``Hub.reduce`` and ``Hub.extract``: resolve the inputs through the context, run the
 pure functions of ``lora_hub.rank``, and push the results with their lineage.
 
 analyze: adapter (ref or folder) [+ base] -> rank.spectrum.analyze_adapter -> RankAnalysis
@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import secrets
-import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_hub import compat
-from lora_hub.errors import DestinationExistsError, IncompatibleError, InvalidArgumentError, InvalidModelError
+from lora_hub._context import Context
+from lora_hub._fs import Replace, prepare_output, staged_output
+from lora_hub.core import adapters, bases, merging
+from lora_hub.core.common import input_folders, library_versions
+from lora_hub.errors import IncompatibleError, InvalidArgumentError
 from lora_hub.formats.dtypes import NAME
 from lora_hub.formats.hf import ModelDir
 from lora_hub.progress import NoProgress, Progress
@@ -29,54 +32,49 @@ from lora_hub.refs import AdapterName
 from lora_hub.types import BaseModelInfo
 
 if TYPE_CHECKING:
-    from lora_hub.api import Hub
     from lora_hub.merge.plan import AdapterInput
 
-# --- the only places that reach into the Hub's internals ---------------------------------------
 
-
-def _adapter(hub: Hub, spec: str) -> tuple[AdapterInput, compat.AdapterSide, str | None]:
+def _adapter(ctx: Context, spec: str) -> tuple[AdapterInput, compat.AdapterSide, str | None]:
     """A reference or folder: facts, layout, verified weights file; how compat sees it; its base."""
-    return hub._adapter_input(spec)
+    return merging.adapter_input(ctx, spec)
 
 
-def _base(hub: Hub, spec: str, progress: Progress) -> tuple[BaseModelInfo, str, ModelDir]:
+def _base(ctx: Context, spec: str, progress: Progress) -> tuple[BaseModelInfo, str, ModelDir]:
     """A registered base or a model folder, with its tensor digests and readable weights."""
-    info, label, model = hub._open_base(spec, progress)
+    info, label, model = bases.open_base(ctx, spec, progress)
     if model is None:
-        raise InvalidModelError(
-            "the weights of this model are not at hand (its folder moved or changed, and it is not stored)",
-            path=label,
-            hint=f"add it again with `lorahub base add DIR --name {label}`, or pass the model folder",
-        )
+        raise bases.why_no_weights(ctx, info, label)
     return info, label, model
 
 
 def _versions() -> dict[str, str]:
-    from lora_hub.api import _library_versions
-
-    return _library_versions()
+    return library_versions()
 
 
 # --- the three operations ---------------------------------------------------------------------
 
 
 def analyze(
-    hub: Hub,
+    ctx: Context,
     adapter: str,
     *,
     base: str | None = None,
     energies: Sequence[float] = (0.9, 0.95, 0.99),
+    plot: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> RankAnalysis:
+    from lora_hub.rank.plot import plot_spectra, require_matplotlib
     from lora_hub.rank.spectrum import analyze_adapter, check_energies
 
     progress = progress or NoProgress()
     targets = check_energies(energies)
-    item, side, _ = _adapter(hub, adapter)
+    if plot is not None:
+        require_matplotlib()  # before any work
+    item, side, _ = _adapter(ctx, adapter)
     model, label = None, None
     if base is not None:
-        info, label, model = _base(hub, base, progress)
+        info, label, model = _base(ctx, base, progress)
         report = compat.check(side, info, label)
         if report.verdict == "incompatible":
             raise IncompatibleError(
@@ -90,7 +88,7 @@ def analyze(
     if item.layout.saved_tensors:
         notes.append(f"{len(item.layout.saved_tensors)} saved tensor(s) (modules_to_save) are counted as they are")
     with progress.task(f"analyzing {item.label}", len(item.layout.modules), unit="modules") as advance:
-        return analyze_adapter(
+        analysis = analyze_adapter(
             item.label,
             item.digest,
             item.weights_path,
@@ -101,10 +99,13 @@ def analyze(
             advance=advance,
             notes=notes,
         )
+    if plot is not None:
+        plot_spectra(analysis, plot)
+    return analysis
 
 
 def reduce(
-    hub: Hub,
+    ctx: Context,
     adapter: str,
     name: str,
     *,
@@ -123,8 +124,8 @@ def reduce(
     AdapterName.parse(name)
     check_target(rank, energy)
     check_dtype(dtype)
-    out = _check_output(output)
-    item, _, base = _adapter(hub, adapter)
+    out = _check_output(ctx, output, [adapter])
+    item, _, base = _adapter(ctx, adapter)
     check_reducible(item.label, item.facts, item.layout)
     with progress.task(f"reducing {item.label}", len(item.layout.modules), unit="modules") as advance:
         reduced = reduce_adapter(
@@ -140,9 +141,9 @@ def reduce(
         "errors": reduced.errors,
         "versions": _versions(),
     }
-    with _staged(out) as folder:
+    with _staged(ctx, out, "reduce") as folder:
         write_folder(folder, reduced.tensors, reduced.config)
-        pushed = hub.push(folder, name, description=description, tags=tags, base=base, lineage=lineage,
+        pushed = adapters.push(ctx, folder, name, description=description, tags=tags, base=base, lineage=lineage,
                           progress=progress)  # fmt: skip
     errors = list(reduced.errors.values())
     return ReduceResult(
@@ -161,7 +162,7 @@ def reduce(
 
 
 def extract(
-    hub: Hub,
+    ctx: Context,
     base: str,
     tuned: str,
     name: str,
@@ -186,9 +187,9 @@ def extract(
     AdapterName.parse(name)
     check_target(rank, energy)
     check_dtype(dtype)
-    out = _check_output(output)
-    base_info, base_label, base_model = _base(hub, base, progress)
-    tuned_info, tuned_label, tuned_model = _base(hub, tuned, progress)
+    out = _check_output(ctx, output, [base, tuned])
+    base_info, base_label, base_model = _base(ctx, base, progress)
+    tuned_info, tuned_label, tuned_model = _base(ctx, tuned, progress)
 
     from lora_hub.merge.execute import pick_device
     from lora_hub.rank.extract import extract_lora, plan_extract
@@ -244,10 +245,10 @@ def extract(
         "errors": result.errors,
         "versions": _versions(),
     }
-    with _staged(out) as folder:
+    with _staged(ctx, out, "extract") as folder:
         write_folder(folder, result.tensors, config)
         result.tensors.clear()
-        pushed = hub.push(folder, name, description=description, tags=tags, base=base, lineage=lineage,
+        pushed = adapters.push(ctx, folder, name, description=description, tags=tags, base=base, lineage=lineage,
                           progress=progress)  # fmt: skip
     errors = list(result.errors.values())
     return ExtractResult(
@@ -270,33 +271,20 @@ def extract(
 # --- the output folder --------------------------------------------------------------------------
 
 
-def _check_output(output: str | os.PathLike[str] | None) -> Path | None:
+def _check_output(ctx: Context, output: str | os.PathLike[str] | None, inputs: Sequence[str]) -> Path | None:
+    """``output`` checked by the output rule (``lora_hub._fs``) before any work; None for no output."""
     if output is None:
         return None
-    out = Path(output).absolute()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DestinationExistsError(f"{out} exists and is not an empty folder", hint="choose another --output")
-    return out
+    return prepare_output(Path(output), replace=Replace.NEVER, protected=ctx.protected(input_folders(inputs)))
 
 
 @contextlib.contextmanager
-def _staged(output: Path | None) -> Iterator[Path]:
+def _staged(ctx: Context, output: Path | None, kind: str) -> Iterator[Path]:
     """A fresh folder to write the adapter into; it becomes ``output`` (if given) only once the block
     succeeded, and is removed otherwise: nothing is left half-written."""
-    import tempfile
-
     if output is None:
         with tempfile.TemporaryDirectory(prefix="lorahub-rank-") as tmp:
             yield Path(tmp)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.lorahub-partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with staged_output(output, kind=kind, registry=ctx.partials()) as tmp:
         yield tmp
-        if output.is_dir():
-            output.rmdir()  # checked empty before any work
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -69,7 +69,7 @@ def probe_environment() -> Environment:
                 break
             except metadata.PackageNotFoundError:
                 continue
-    from lora_hub import __version__
+    from lora_hub._version import __version__
 
     versions["lora_hub"] = __version__
     gpus: list[Gpu] = []

@@ -89,7 +89,7 @@ def session(path: str | Path, device: str = "cpu", threads: int | None = None) -
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
+    providers: list[Any] = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         providers = [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}), *providers]
     return ort.InferenceSession(str(path), options, providers=providers)

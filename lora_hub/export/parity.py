@@ -234,6 +234,7 @@ def compare(
 
     out = torch.as_tensor(out)
     shape = list(ref.shape)
+    note: str | None = None
     if list(out.shape) != shape:
         note = f"the artifact returned shape {list(out.shape)}, the eager model {shape}"
         inf = float("inf")
@@ -245,7 +246,6 @@ def compare(
         r, a = r[keep], a[keep]
     finite = torch.isfinite(r)
     r, a = r[finite], a[finite]
-    note = None
     if not bool(torch.isfinite(a).all()):
         max_abs = float("inf")
         note = f"{int((~torch.isfinite(a)).sum())} non-finite value(s) where the eager output is finite"

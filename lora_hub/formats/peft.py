@@ -21,9 +21,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lora_hub.errors import InvalidAdapterError, PathError, PickleRefusedError
 from lora_hub.formats.dtypes import FLOAT_DTYPES, NAME
@@ -79,6 +80,35 @@ class AdapterDir:
     files: dict[str, Path]
     problems: tuple[ParseProblem, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+def lora_keys(module: str, *, embedding: bool = False) -> tuple[str, str]:
+    """The file keys of a module's A and B factors (``lora_embedding_A``/``B`` for embeddings)."""
+    if embedding:
+        return f"{KEY_PREFIX}{module}.lora_embedding_A", f"{KEY_PREFIX}{module}.lora_embedding_B"
+    return f"{KEY_PREFIX}{module}.lora_A.weight", f"{KEY_PREFIX}{module}.lora_B.weight"
+
+
+def find_lora_keys(module: str, keys: Container[str]) -> tuple[str, str]:
+    """A module's factor keys as a file holds them (linear or embedding layout)."""
+    linear = lora_keys(module)
+    return linear if linear[0] in keys else lora_keys(module, embedding=True)
+
+
+def magnitude_key(module: str, keys: Container[str]) -> str:
+    """The key of a DoRA magnitude vector as a file holds it (PEFT wrote both spellings)."""
+    key = f"{KEY_PREFIX}{module}.lora_magnitude_vector"
+    return key if key in keys else key + ".weight"
+
+
+def bias_key(module: str) -> str:
+    """The key of a module's LoRA bias (``lora_bias=True``)."""
+    return f"{KEY_PREFIX}{module}.lora_B.bias"
+
+
+def saved_key(name: str) -> str:
+    """The usual key of a saved full tensor (``modules_to_save``) replacing the base tensor ``name``."""
+    return KEY_PREFIX + name
 
 
 def pattern_key(patterns: dict[str, Any], module_path: str) -> str | None:
@@ -317,9 +347,34 @@ def target_problems(config: dict[str, Any], module_paths: list[str]) -> list[Par
     return problems
 
 
-def _facts(
-    config: dict[str, Any], header: SafetensorsHeader, size_bytes: int
-) -> tuple[AdapterFacts, AdapterLayout, list[ParseProblem]]:
+@dataclass(frozen=True)
+class _Settings:
+    """What the config says about every module: ranks and alphas (with their patterns), rsLoRA, DoRA."""
+
+    rank: int
+    alpha: float
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    use_rslora: bool
+    use_dora: bool
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> _Settings:
+        return cls(
+            rank=int(config["r"]),
+            alpha=float(config["lora_alpha"]),
+            rank_pattern={k: int(v) for k, v in (config.get("rank_pattern") or {}).items()},
+            alpha_pattern={k: float(v) for k, v in (config.get("alpha_pattern") or {}).items()},
+            use_rslora=bool(config.get("use_rslora", False)),
+            use_dora=bool(config.get("use_dora", False)),
+        )
+
+
+def _group_tensors(
+    header: SafetensorsHeader,
+) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, SavedTensor], list[ParseProblem]]:
+    """The file's LoRA tensors by module path and part (``lora_A.weight``, ...), its saved full
+    tensors by the name of the base tensor they replace, and the keys that are not PEFT's."""
     parts: dict[str, dict[str, TensorInfo]] = {}
     saved: dict[str, SavedTensor] = {}
     problems: list[ParseProblem] = []
@@ -354,87 +409,89 @@ def _facts(
             problems.append(
                 ParseProblem(f"{t.name} has dtype {t.dtype}; adapter weights must be F32, F16, BF16 or F64")
             )
+    return parts, saved, problems
 
-    r_default = int(config["r"])
-    alpha_default = float(config["lora_alpha"])
-    rank_pattern = {k: int(v) for k, v in (config.get("rank_pattern") or {}).items()}
-    alpha_pattern = {k: float(v) for k, v in (config.get("alpha_pattern") or {}).items()}
-    use_rslora = bool(config.get("use_rslora", False))
-    use_dora = bool(config.get("use_dora", False))
-    modules: list[LoraModule] = []
-    for path in sorted(parts):
-        p = parts[path]
-        embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
-        a = p.get("lora_embedding_A" if embedding else "lora_A.weight")
-        b = p.get("lora_embedding_B" if embedding else "lora_B.weight")
-        a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
-        if a is None and b is None:
-            problems.append(ParseProblem(f"{path} has {', '.join(sorted(p))} but neither {a_name} nor {b_name}"))
-            continue
-        if a is None or b is None:
-            have, lack = (a_name, b_name) if b is None else (b_name, a_name)
-            problems.append(ParseProblem(f"{path} has {have} but no {lack}"))
-            continue
-        key = pattern_key(rank_pattern, path)
-        rank = rank_pattern[key] if key is not None else r_default
-        akey = pattern_key(alpha_pattern, path)
-        alpha = alpha_pattern[akey] if akey is not None else alpha_default
-        if len(a.shape) < 2 or len(b.shape) < 2:
-            problems.append(
-                ParseProblem(f"{path}: {a_name} {list(a.shape)} and {b_name} {list(b.shape)} must be at least 2-D")
-            )
-            continue
-        if a.shape[0] != rank or b.shape[1] != rank:
-            source = f"rank_pattern[{key!r}]" if key is not None else "r"
-            found = str(a.shape[0]) if a.shape[0] == b.shape[1] else f"{a.shape[0]} (A) / {b.shape[1]} (B)"
+
+def _read_module(path: str, p: dict[str, TensorInfo], cfg: _Settings) -> tuple[LoraModule | None, list[ParseProblem]]:
+    """One module from its tensors: rank and alpha (patterns applied) checked against the shapes,
+    DoRA magnitudes and LoRA biases against the outputs. ``None`` when it cannot be read."""
+    problems: list[ParseProblem] = []
+    embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
+    a = p.get("lora_embedding_A" if embedding else "lora_A.weight")
+    b = p.get("lora_embedding_B" if embedding else "lora_B.weight")
+    a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
+    if a is None and b is None:
+        return None, [ParseProblem(f"{path} has {', '.join(sorted(p))} but neither {a_name} nor {b_name}")]
+    if a is None or b is None:
+        have, lack = (a_name, b_name) if b is None else (b_name, a_name)
+        return None, [ParseProblem(f"{path} has {have} but no {lack}")]
+    rkey = pattern_key(cfg.rank_pattern, path)
+    rank = cfg.rank_pattern[rkey] if rkey is not None else cfg.rank
+    akey = pattern_key(cfg.alpha_pattern, path)
+    alpha = cfg.alpha_pattern[akey] if akey is not None else cfg.alpha
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        return None, [
+            ParseProblem(f"{path}: {a_name} {list(a.shape)} and {b_name} {list(b.shape)} must be at least 2-D")
+        ]
+    if a.shape[0] != rank or b.shape[1] != rank:
+        source = f"rank_pattern[{rkey!r}]" if rkey is not None else "r"
+        found = str(a.shape[0]) if a.shape[0] == b.shape[1] else f"{a.shape[0]} (A) / {b.shape[1]} (B)"
+        message = (
+            f"{path}: the config says rank {rank} ({source}) but {a_name} is {list(a.shape)} and "
+            f"{b_name} is {list(b.shape)}"
+        )
+        return None, [ParseProblem(message, code="rank", module=path, expected=str(rank), found=found)]
+    magnitude = p.get("lora_magnitude_vector")
+    out_features = b.shape[0]
+    if magnitude is not None:
+        if not cfg.use_dora:
+            problems.append(ParseProblem(f"{path} has a DoRA magnitude vector but the config has use_dora=false"))
+        elif magnitude.numel != out_features:
             problems.append(
                 ParseProblem(
-                    f"{path}: the config says rank {rank} ({source}) but {a_name} is {list(a.shape)} and "
-                    f"{b_name} is {list(b.shape)}",
-                    code="rank",
+                    f"{path}: DoRA magnitude vector has {magnitude.numel} entries, lora_B has {out_features} outputs",
+                    code="dora_magnitude",
                     module=path,
-                    expected=str(rank),
-                    found=found,
+                    expected=str(out_features),
+                    found=str(magnitude.numel),
                 )
             )
-            continue
-        kind = "embedding" if embedding else ("conv" if len(a.shape) > 2 else "linear")
-        magnitude = p.get("lora_magnitude_vector")
-        out_features = b.shape[0]
-        if magnitude is not None:
-            if not use_dora:
-                problems.append(ParseProblem(f"{path} has a DoRA magnitude vector but the config has use_dora=false"))
-            elif magnitude.numel != out_features:
-                problems.append(
-                    ParseProblem(
-                        f"{path}: DoRA magnitude vector has {magnitude.numel} entries, "
-                        f"lora_B has {out_features} outputs",
-                        code="dora_magnitude",
-                        module=path,
-                        expected=str(out_features),
-                        found=str(magnitude.numel),
-                    )
-                )
-        elif use_dora and not embedding:
-            problems.append(ParseProblem(f"{path}: use_dora=true but there is no lora_magnitude_vector"))
-        bias = p.get("lora_B.bias")
-        if bias is not None and bias.shape != (out_features,):
-            problems.append(ParseProblem(f"{path}: lora_B.bias is {list(bias.shape)}, expected [{out_features}]"))
-        modules.append(
-            LoraModule(
-                path=path,
-                kind=kind,
-                rank=rank,
-                alpha=alpha,
-                scale=lora_scale(alpha, rank, use_rslora),
-                in_features=a.shape[1],
-                out_features=out_features,
-                a_shape=list(a.shape),
-                b_shape=list(b.shape),
-                dora=magnitude is not None,
-                bias=bias is not None,
-            )
-        )
+    elif cfg.use_dora and not embedding:
+        problems.append(ParseProblem(f"{path}: use_dora=true but there is no lora_magnitude_vector"))
+    bias = p.get("lora_B.bias")
+    if bias is not None and bias.shape != (out_features,):
+        problems.append(ParseProblem(f"{path}: lora_B.bias is {list(bias.shape)}, expected [{out_features}]"))
+    kind: Literal["linear", "embedding", "conv"] = (
+        "embedding" if embedding else ("conv" if len(a.shape) > 2 else "linear")
+    )
+    module = LoraModule(
+        path=path,
+        kind=kind,
+        rank=rank,
+        alpha=alpha,
+        scale=lora_scale(alpha, rank, cfg.use_rslora),
+        in_features=a.shape[1],
+        out_features=out_features,
+        a_shape=list(a.shape),
+        b_shape=list(b.shape),
+        dora=magnitude is not None,
+        bias=bias is not None,
+    )
+    return module, problems
+
+
+def _facts(
+    config: dict[str, Any], header: SafetensorsHeader, size_bytes: int
+) -> tuple[AdapterFacts, AdapterLayout, list[ParseProblem]]:
+    """The adapter's facts and layout from its checked config and header, with every disagreement."""
+    parts, saved, problems = _group_tensors(header)
+    cfg = _Settings.of(config)
+    modules: list[LoraModule] = []
+    for path in sorted(parts):
+        module, found = _read_module(path, parts[path], cfg)
+        problems += found
+        if module is not None:
+            modules.append(module)
     if not modules and not problems:
         problems.append(ParseProblem("no LoRA tensors (lora_A / lora_B) in the file"))
 
@@ -443,15 +500,15 @@ def _facts(
     mts = config.get("modules_to_save") or []
     facts = AdapterFacts(
         peft_type="LORA",
-        rank=r_default,
-        alpha=alpha_default,
-        use_rslora=use_rslora,
-        use_dora=use_dora,
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
         fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
         lora_bias=any(m.bias for m in modules),
         bias=str(config.get("bias") or "none"),
-        rank_pattern=rank_pattern,
-        alpha_pattern=alpha_pattern,
+        rank_pattern=cfg.rank_pattern,
+        alpha_pattern=cfg.alpha_pattern,
         target_modules=sorted({m.path.rsplit(".", 1)[-1] for m in modules}),
         modules_to_save=list(mts) if isinstance(mts, list) else [str(mts)],
         dtype=dtype,

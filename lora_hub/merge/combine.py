@@ -31,7 +31,7 @@ from safetensors import safe_open
 
 from lora_hub.errors import IncompatibleError, InvalidArgumentError, NotSupportedError
 from lora_hub.formats.dtypes import BY_NAME, torch_dtype
-from lora_hub.formats.peft import KEY_PREFIX
+from lora_hub.formats.peft import lora_keys, saved_key
 from lora_hub.merge.methods import Method, generator_for
 from lora_hub.merge.plan import AdapterInput
 from lora_hub.types import LoraModule
@@ -49,10 +49,7 @@ class Combined:
 
 
 def _keys(m: LoraModule) -> tuple[str, str]:
-    prefix = KEY_PREFIX + m.path
-    if m.kind == "embedding":
-        return prefix + ".lora_embedding_A", prefix + ".lora_embedding_B"
-    return prefix + ".lora_A.weight", prefix + ".lora_B.weight"
+    return lora_keys(m.path, embedding=m.kind == "embedding")
 
 
 def _svd_of_product(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,7 +223,7 @@ def combine_adapters(
         i = inputs.index(saved[0])
         for st in saved[0].layout.saved_tensors:
             if not st.base_layer:
-                tensors[KEY_PREFIX + st.name] = handles[i].get_tensor(st.file_key)
+                tensors[saved_key(st.name)] = handles[i].get_tensor(st.file_key)
     for i, a in enumerate(inputs):
         for st in a.layout.saved_tensors:
             if st.base_layer:

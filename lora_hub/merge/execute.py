@@ -40,6 +40,7 @@ from lora_hub.errors import MergeError
 from lora_hub.formats.dtypes import ITEMSIZE as DTYPE_SIZES
 from lora_hub.formats.dtypes import torch_dtype
 from lora_hub.formats.hf import ModelDir
+from lora_hub.formats.peft import bias_key, find_lora_keys, magnitude_key
 from lora_hub.hashing import format_digest
 from lora_hub.merge.methods import Method, generator_for, get_method
 from lora_hub.merge.plan import BiasOp, DoraOp, FactorOp, MergePlan, ReplaceOp, TensorPlan, open_output
@@ -218,16 +219,11 @@ class _AdapterFiles:
 
     def lora(self, op: FactorOp | DoraOp, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B) as stored: A [r, in], B [out, r] (embeddings: A [r, vocab], B [dim, r])."""
-        prefix = f"base_model.model.{op.module}."
-        keys = self._keys[op.adapter]
-        a_key = prefix + ("lora_A.weight" if prefix + "lora_A.weight" in keys else "lora_embedding_A")
-        b_key = prefix + ("lora_B.weight" if prefix + "lora_B.weight" in keys else "lora_embedding_B")
+        a_key, b_key = find_lora_keys(op.module, self._keys[op.adapter])
         return self.get(op.adapter, a_key, dtype), self.get(op.adapter, b_key, dtype)
 
     def magnitude(self, op: DoraOp) -> torch.Tensor:
-        prefix = f"base_model.model.{op.module}.lora_magnitude_vector"
-        key = prefix if prefix in self._keys[op.adapter] else prefix + ".weight"
-        return self.get(op.adapter, key, torch.float64).reshape(-1)
+        return self.get(op.adapter, magnitude_key(op.module, self._keys[op.adapter]), torch.float64).reshape(-1)
 
 
 def _factors(files: _AdapterFiles, ops: list[FactorOp]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -461,7 +457,7 @@ def _merge_tensor(
         else:
             result = whole.to(device, torch.float64 if biases else torch.float32)
             for op in biases:
-                bias = files.get(op.adapter, f"base_model.model.{op.module}.lora_B.bias", torch.float64)
+                bias = files.get(op.adapter, bias_key(op.module), torch.float64)
                 result = result + bias * (op.weight * op.scale)
             if factors:
                 raise MergeError(f"{t.name}: LoRA factors on a tensor that is not 2-D")

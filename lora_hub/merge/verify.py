@@ -103,6 +103,8 @@ import torch
 
 from lora_hub.errors import InvalidArgumentError, MergeError
 from lora_hub.formats.dtypes import NAME, UNIT_ROUNDOFF, torch_dtype
+from lora_hub.formats.peft import bias_key, find_lora_keys, magnitude_key
+from lora_hub.merge.plan import BiasOp, DoraOp, FactorOp
 
 if TYPE_CHECKING:
     from lora_hub.formats.hf import ModelDir
@@ -119,7 +121,6 @@ TINY = {"F64": 2.0**-1074, "F32": 2.0**-150, "F16": 2.0**-25, "BF16": 2.0**-134}
 TINY32 = 2.0**-149  # per float32 operation, counted generously
 ROWS = 32  # rows compared per tensor held whole (dense methods, DoRA, saved base layers)
 ROWS_STREAMED = 8  # per streamed tensor (linear methods): the probe covers every row, norm-wise
-PREFIX = "base_model.model."
 
 # The linear methods' coefficients c_i, written from their definitions (methods.py's docstring).
 LINEAR: dict[str, Callable[[list[float], dict[str, Any]], list[float]]] = {
@@ -203,11 +204,11 @@ def ensure_coefficients_fit(t: TensorPlan) -> None:
     (or torch refuse the number) before any value could be checked."""
     for op in t.ops:
         if op.kind in ("factor", "bias"):
-            coef = op.weight * op.scale  # type: ignore[union-attr]
-            if not (abs(op.weight) <= F32_MAX and abs(coef) <= F32_MAX):  # type: ignore[union-attr]
+            coef = op.weight * op.scale
+            if not (abs(op.weight) <= F32_MAX and abs(coef) <= F32_MAX):
                 raise InvalidArgumentError(
-                    f"the update of {t.name} overflows float32: the coefficient {op.weight:g} of "  # type: ignore[union-attr]
-                    f"{op.module} times its LoRA scale {op.scale:g} is beyond float32's range ({F32_MAX:.3g})",  # type: ignore[union-attr]
+                    f"the update of {t.name} overflows float32: the coefficient {op.weight:g} of "
+                    f"{op.module} times its LoRA scale {op.scale:g} is beyond float32's range ({F32_MAX:.3g})",
                     hint=OVERFLOW_HINT,
                 )
 
@@ -260,6 +261,9 @@ class _File:
         self._data = 8 + n
 
     def has(self, key: str) -> bool:
+        return key in self._entries
+
+    def __contains__(self, key: object) -> bool:
         return key in self._entries
 
     def shape(self, key: str) -> list[int]:
@@ -323,11 +327,11 @@ def check_coverage(plan: MergePlan, adapters: Sequence[AdapterInput]) -> None:
     problems: list[str] = []
     for t in plan.tensors:
         for op in t.ops:
-            if op.kind in ("factor", "dora"):
-                key, target = (op.adapter, "module", op.module), op.module + ".weight"  # type: ignore[union-attr]
-                if (op.kind == "dora") != ((op.adapter, op.module) in dora):  # type: ignore[union-attr]
-                    problems.append(f"{op.module} of adapter {op.adapter + 1} is applied as {op.kind}")  # type: ignore[union-attr]
-            elif op.kind == "bias":
+            if isinstance(op, FactorOp | DoraOp):
+                key, target = (op.adapter, "module", op.module), op.module + ".weight"
+                if (op.kind == "dora") != ((op.adapter, op.module) in dora):
+                    problems.append(f"{op.module} of adapter {op.adapter + 1} is applied as {op.kind}")
+            elif isinstance(op, BiasOp):
                 key, target = (op.adapter, "bias", op.module), op.module + ".bias"
             else:
                 key, target = (op.adapter, "saved", op.tensor), saved_names.get((op.adapter, op.tensor), op.tensor)
@@ -483,15 +487,14 @@ class Verifier:
 
     def _lora(self, adapter: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B) as stored, in float64."""
-        f, prefix = self._files[adapter], f"{PREFIX}{path}."
-        a_key = prefix + "lora_A.weight" if f.has(prefix + "lora_A.weight") else prefix + "lora_embedding_A"
-        b_key = prefix + "lora_B.weight" if f.has(prefix + "lora_B.weight") else prefix + "lora_embedding_B"
+        f = self._files[adapter]
+        a_key, b_key = find_lora_keys(path, f)
         return f.read(a_key).double(), f.read(b_key).double()
 
     def _updates(self, t: TensorPlan) -> list[_Update]:
         updates = []
         for op in sorted((op for op in t.ops if op.kind == "factor"), key=lambda op: op.adapter):
-            m = self._module(op.adapter, op.module)  # type: ignore[union-attr]
+            m = self._module(op.adapter, op.module)
             a, b = self._lora(op.adapter, m.path)
             left, right = (a.t(), b.t()) if self._transposed(op.adapter, m) else (b, a)
             if [left.shape[0], right.shape[1]] != t.shape or left.shape[1] != right.shape[0]:
@@ -509,7 +512,7 @@ class Verifier:
         the base layer (``base_layer``)."""
         replace = [op for op in t.ops if op.kind == "replace"]
         if replace:
-            return self._files[replace[0].adapter], replace[0].tensor  # type: ignore[union-attr]
+            return self._files[replace[0].adapter], replace[0].tensor
         assert t.source is not None
         with self._lock:
             if t.source not in self._shards:
@@ -720,11 +723,11 @@ class Verifier:
         ``2 (|m| / N) (ec + |c| eN / (N - eN)) + 2 g64(4) |exact|`` with ``ec = g64(r + 4)
         (|W| + |s| |B| |A|)`` and ``eN = ||ec|| + g64(in + 4) N``."""
         [op] = [op for op in t.ops if op.kind == "dora"]
-        m = self._module(op.adapter, op.module)  # type: ignore[union-attr]
+        m = self._module(op.adapter, op.module)
         a, b = self._lora(op.adapter, m.path)
         s = self._scale(op.adapter, m, a.shape[0])
-        f, key = self._files[op.adapter], f"{PREFIX}{m.path}.lora_magnitude_vector"
-        magnitude = f.read(key if f.has(key) else key + ".weight").double().reshape(-1)
+        f = self._files[op.adapter]
+        magnitude = f.read(magnitude_key(m.path, f)).double().reshape(-1)
         transposed = self._transposed(op.adapter, m)
         rows = sample_rows(self.digest, t.name, b.shape[0])
         if transposed:
@@ -749,11 +752,11 @@ class Verifier:
         mag = exact.abs()
         ops = sorted((op for op in t.ops if op.kind == "bias"), key=lambda op: op.adapter)
         for op in ops:
-            m = self._module(op.adapter, op.module)  # type: ignore[union-attr]
-            f, prefix = self._files[op.adapter], f"{PREFIX}{m.path}."
-            a_key = prefix + "lora_A.weight" if f.has(prefix + "lora_A.weight") else prefix + "lora_embedding_A"
+            m = self._module(op.adapter, op.module)
+            f = self._files[op.adapter]
+            a_key, _ = find_lora_keys(m.path, f)
             term = self._scale(op.adapter, m, f.shape(a_key)[0]) * self.coefficients[op.adapter]
-            bias = f.read(prefix + "lora_B.bias").double().reshape(-1) * term
+            bias = f.read(bias_key(m.path)).double().reshape(-1) * term
             exact, mag = exact + bias, mag + bias.abs()
         e64 = 2 * g(len(ops) + 4, U64) * mag
         got = out.to(torch.float64, copy=True).reshape(-1)
@@ -761,7 +764,7 @@ class Verifier:
 
     def _copy(self, t: TensorPlan, out: torch.Tensor) -> _Outcome:
         [op] = [op for op in t.ops if op.kind == "replace"]
-        saved = self._files[op.adapter].read(op.tensor)  # type: ignore[union-attr]
+        saved = self._files[op.adapter].read(op.tensor)
         if list(saved.shape) != t.shape:
             raise MergeError(f"verification failed for {t.name} (copy check): saved as {list(saved.shape)}", hint=HINT)
         if out.dtype == saved.dtype or not (out.is_floating_point() and saved.is_floating_point()):
@@ -769,7 +772,7 @@ class Verifier:
             if not bool(same.all()):
                 raise MergeError(
                     f"verification failed for {t.name} (copy check): {int((~same).sum())} of {same.numel()} "
-                    f"entries differ from the adapter's saved tensor {op.tensor}",  # type: ignore[union-attr]
+                    f"entries differ from the adapter's saved tensor {op.tensor}",
                     hint=HINT,
                 )
             return _Outcome(0.0, 0, same.numel(), 0)

@@ -48,7 +48,7 @@ import torch
 from lora_hub.errors import IncompatibleError, InvalidArgumentError
 from lora_hub.formats.dtypes import FLOAT_DTYPES, torch_dtype
 from lora_hub.formats.hf import ModelDir
-from lora_hub.formats.peft import KEY_PREFIX
+from lora_hub.formats.peft import lora_keys, saved_key
 from lora_hub.merge.combine import _randomized_svd, _split
 from lora_hub.merge.methods import generator_for
 from lora_hub.rank.output import TORCH_DTYPES
@@ -313,14 +313,10 @@ def extract_lora(
             if advance:
                 advance(1)
     for t in plan.targets:  # plan order, whatever order the modules finished in
-        names = (
-            ("lora_embedding_A", "lora_embedding_B") if t.kind == "embedding" else ("lora_A.weight", "lora_B.weight")
-        )
-        a, b = factors.pop(t.module)
-        result.tensors[f"{KEY_PREFIX}{t.module}.{names[0]}"] = a
-        result.tensors[f"{KEY_PREFIX}{t.module}.{names[1]}"] = b
+        a_key, b_key = lora_keys(t.module, embedding=t.kind == "embedding")
+        result.tensors[a_key], result.tensors[b_key] = factors.pop(t.module)
     result.ranks = {t.module: result.ranks[t.module] for t in plan.targets}
     result.errors = {t.module: result.errors[t.module] for t in plan.targets}
     for name in plan.saved:
-        result.tensors[KEY_PREFIX + name] = read_weight(tuned, name)
+        result.tensors[saved_key(name)] = read_weight(tuned, name)
     return result

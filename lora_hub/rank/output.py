@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from lora_hub.formats.dtypes import BY_NAME, NAME, torch_dtype
+from lora_hub.formats.peft import write_adapter_dir
 
 TORCH_DTYPES = {name: torch_dtype(name) for name in BY_NAME}
 STORED = NAME
@@ -56,8 +55,4 @@ def lora_config(
 
 def write_folder(folder: Path, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
     """``adapter_model.safetensors`` and ``adapter_config.json`` in ``folder`` (which must exist)."""
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"),
-        metadata={"format": "pt"},
-    )  # fmt: skip
-    (folder / "adapter_config.json").write_text(json.dumps(dict(config), indent=2) + "\n")
+    write_adapter_dir(folder, dict(tensors), dict(config))

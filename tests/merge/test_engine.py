@@ -75,8 +75,7 @@ def base_with_extras(zoo: Zoo, tmp_path: Path) -> Path:
 def find_merge(hub: Hub, recipe_digest: str) -> Any:
     """The catalog's merge record of a recipe, if any (``catalog.merges.find``, or ``find_merge``
     before the catalog was split into repositories)."""
-    merges = getattr(hub.catalog, "merges", None)
-    return merges.find(recipe_digest) if merges is not None else hub.catalog.find_merge(recipe_digest)  # type: ignore[attr-defined]
+    return hub.merge_record(recipe_digest)
 
 
 def forbid_execute(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,11 +320,11 @@ def test_incompatible_adapter_is_refused_before_anything_is_written(sqlite_hub: 
 def test_a_disk_too_small_is_refused_before_any_work(
     sqlite_hub: Hub, zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lora_hub.api
+    import lora_hub.core.common
 
     forbid_execute(monkeypatch)
     real = shutil.disk_usage
-    monkeypatch.setattr(lora_hub.api.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(lora_hub.core.common.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     out = tmp_path / "out"
     with pytest.raises(StoreError, match=r"not enough free space .* needs [0-9.]+ kB, 1.0 kB are free"):
         sqlite_hub.merge(zoo.base("llama"), [str(zoo.adapter("llama-all-linear"))], out)

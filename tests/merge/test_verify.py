@@ -80,8 +80,7 @@ def fails(
 def find_merge(hub: Hub, recipe_digest: str) -> Any:
     """The catalog's merge record of a recipe, if any (``catalog.merges.find``, or ``find_merge``
     before the catalog was split into repositories)."""
-    merges = getattr(hub.catalog, "merges", None)
-    return merges.find(recipe_digest) if merges is not None else hub.catalog.find_merge(recipe_digest)  # type: ignore[attr-defined]
+    return hub.merge_record(recipe_digest)
 
 
 def change_plan(monkeypatch: pytest.MonkeyPatch, change: Callable[[TensorPlan], TensorPlan]) -> None:

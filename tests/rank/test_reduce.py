@@ -14,7 +14,7 @@ from lora_hub import Hub
 from lora_hub.errors import DestinationExistsError, InvalidArgumentError, LoraHubError, NotFoundError
 from lora_hub.formats.peft import read_adapter_dir
 from lora_hub.rank.reduce import reduce_adapter
-from tests.helpers import adapter_config, write_adapter
+from tests.helpers import adapter_config, listing, write_adapter
 from tests.rank.conftest import Adapters
 from tests.rank.models import adapter_updates, eckart_young, model_tensors, peft_model, rank_keeping, read_all
 
@@ -166,12 +166,12 @@ def test_output_keeps_the_folder_and_a_failed_push_leaves_none(
 ) -> None:
     out = tmp_path / "kept"
     hub.reduce(str(adapters.plain), "acme/kept", rank=2, output=out)
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert listing(out) == ["adapter_config.json", "adapter_model.safetensors"]
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the push broke")
 
-    monkeypatch.setattr(Hub, "push", broken)
+    monkeypatch.setattr("lora_hub.core.adapters.push", broken)
     with pytest.raises(RuntimeError):
         hub.reduce(str(adapters.plain), "acme/lost", rank=2, output=tmp_path / "lost")
     assert not (tmp_path / "lost").exists()

@@ -1,0 +1,341 @@
+"""Merging adapters into a base, by phase: resolve the inputs (``adapter_input``, ``merge_input``),
+plan (``lora_hub.merge.plan``), serve a recorded recipe (``reuse_merge``), run the streaming
+engine into a staged output (``run``), record and register the result (``register_merged``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lora_hub import _faults, compat
+from lora_hub._context import Context
+from lora_hub._fs import Protected, Replace, prepare_output, staged_output
+from lora_hub.core import bases, fits
+from lora_hub.core.adapters import manifest_digest
+from lora_hub.core.common import (
+    check_free_space,
+    copy_tree,
+    input_folders,
+    library_versions,
+    peak_rss,
+    split_weight,
+)
+from lora_hub.errors import (
+    ConflictError,
+    IncompatibleError,
+    IntegrityError,
+    InvalidArgumentError,
+    LoraHubError,
+)
+from lora_hub.formats.hf import read_model_dir
+from lora_hub.formats.peft import WEIGHTS_NAME, read_adapter_dir
+from lora_hub.hashing import hash_file
+from lora_hub.progress import NoProgress, Progress
+from lora_hub.refs import AdapterName, Ref
+from lora_hub.types import (
+    BaseModelInfo,
+    FileEntry,
+    MergeRecord,
+    MergeReport,
+    MergeResult,
+)
+
+if TYPE_CHECKING:
+    from lora_hub.merge.plan import AdapterInput, MergePlan
+
+
+MERGE_RECORD_FILE = "lorahub_merge.json"
+# Checked before any work; whether torch can use the device is asked once torch has loaded.
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+
+
+def merge(
+    ctx: Context,
+    base: str | os.PathLike[str],
+    adapters: Sequence[str],
+    output: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    method: str = "linear",
+    params: Mapping[str, Any] | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    shard_size: str | int = "5GB",
+    recompute: bool = False,
+    force: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Merge ``adapters`` (``ref[@weight]`` or ``folder[@weight]``) into ``base``, writing an HF
+    model folder at ``output``: ``W' = W + sum_i w_i * s_i * B_i @ A_i`` for every target.
+
+    Every adapter is checked against the base before anything is written; every changed
+    tensor is verified (see ``lora_hub.merge.execute``); the output appears only when complete.
+    The same recipe again is served from the catalog (copied, if ``output`` is elsewhere)
+    unless ``recompute``. ``output`` follows the rule of ``lora_hub._fs``: never lora-hub's own
+    data, a registered base's folder or an input; a non-empty folder only with ``force`` (one
+    lora-hub wrote) or ``overwrite`` (any). With ``name``, the output is registered as a base
+    with its lineage. ``method`` and ``params`` choose how several adapters combine
+    (``lora_hub.merge.methods``; random methods take ``params["seed"]``).
+    """
+    from lora_hub.merge.plan import open_output, parse_size, plan_merge
+
+    progress = progress or NoProgress()
+    out = Path(os.path.abspath(output))
+    if name is not None:
+        name = str(AdapterName.parse(name))
+    if not _DEVICE_NAME.fullmatch(device):
+        raise InvalidArgumentError(f"unknown device {device!r}", hint="use auto, cpu or cuda (or cuda:N)")
+    size_limit = parse_size(shard_size)
+    replace = Replace.of(force=force, overwrite=overwrite)
+    protected = ctx.protected(input_folders([str(base), *(split_weight(a)[0] for a in adapters)]))
+    # A folder that holds a recorded merge may be this recipe's output, served again as it
+    # is; whether it is can be told once the recipe is planned. Anything else is checked now.
+    maybe_in_place = (out / MERGE_RECORD_FILE).is_file() and not recompute
+    if not maybe_in_place:
+        prepare_output(out, replace=replace, protected=protected)
+    base_info, base_label, model = bases.open_base(ctx, base, progress)
+    if model is None:
+        raise bases.why_no_weights(ctx, base_info, base_label)
+    inputs = [merge_input(ctx, spec, base_info, base_label) for spec in adapters]
+    plan = plan_merge(
+        model,
+        base_info.content_fingerprint,
+        inputs,
+        method=method,
+        params=dict(params or {}),
+        dtype=dtype,
+        shard_size=size_limit,
+    )
+    if name is not None and ctx.catalog.bases.has(name):
+        lineage = ctx.catalog.bases.get(name, with_tensors=False).lineage or {}
+        if lineage.get("recipe_digest") != plan.recipe_digest:
+            raise ConflictError(
+                f"base {name} is already registered with other content",
+                hint=f"choose another --name, or `lorahub base rm {name}` first",
+            )
+    if not recompute:
+        reused = reuse_merge(ctx, plan.recipe_digest, out, name, replace, protected, progress)
+        if reused is not None:
+            return reused
+    out = prepare_output(out, replace=replace, protected=protected)
+    extras = sum(model.files[rel].stat().st_size for rel in plan.copy_files)
+    check_free_space(out.parent, plan_bytes(plan) + extras, what="the merged model")
+    details = {"recipe_digest": plan.recipe_digest}
+    with staged_output(out, kind="merge", replace=replace, registry=ctx.partials(), details=details) as tmp:
+        for rel in plan.copy_files:
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model.files[rel], target)
+        set_config_dtype(tmp, dtype)
+        output_files = open_output(plan, tmp, direct=ctx.settings.direct_io)
+        try:
+            # Only now: torch loads in about a second, with the output files already made
+            # (and, for buffered writes, their pages being warmed on the other core).
+            from lora_hub.merge import execute as ex
+
+            torch_device = ex.pick_device(device)
+            label = f"merging {plan.touched} of {len(plan.tensors)} tensors"
+            with progress.task(label, plan_bytes(plan)) as advance:
+                stats = ex.execute(
+                    plan,
+                    model,
+                    [a.weights_path for a in inputs],
+                    tmp,
+                    device=torch_device,
+                    base_digests={n: t.digest for n, t in (base_info.tensors or {}).items()},
+                    adapters=inputs,
+                    advance=advance,
+                    output=output_files,
+                    threads=ctx.settings.torch_threads,
+                )
+        finally:
+            output_files.close()
+        _faults.checkpoint("merge.before_rename")
+        report = merge_report(stats)
+        merged = compat.describe_model(read_model_dir(tmp), stats.digests)
+        record = MergeRecord(
+            recipe_digest=plan.recipe_digest,
+            recipe=plan.recipe.model_dump(mode="json"),
+            output_path=str(out),
+            content_fingerprint=merged.content_fingerprint,
+            name=name,
+            report=report,
+            versions=library_versions(),
+        )
+        (tmp / MERGE_RECORD_FILE).write_text(record.model_dump_json(indent=2) + "\n")
+    # The record names the base only once the base is registered under that name.
+    record = ctx.catalog.merges.record(record.model_copy(update={"name": None}))
+    if name is not None:
+        register_merged(ctx, out, name, stats.digests, record)
+        record = ctx.catalog.merges.record(record.model_copy(update={"name": name}))
+    return MergeResult(
+        path=str(out),
+        record=record,
+        reused=False,
+        registered=name,
+        tensors_merged=stats.tensors_merged,
+        tensors_copied=stats.tensors_copied,
+        tensors_converted=stats.tensors_converted,
+        bytes_written=stats.bytes_written,
+        seconds=stats.seconds,
+        peak_rss_bytes=peak_rss(),
+        device=str(torch_device),
+    )
+
+
+def adapter_input(ctx: Context, spec: str) -> tuple[AdapterInput, compat.AdapterSide, str | None]:
+    """``ref[@weight]`` or ``folder[@weight]``: the adapter's facts, layout and weights file
+    (checked against its digest), how it describes itself to ``compat``, and the registered
+    base it was pushed against."""
+    from lora_hub.merge.plan import AdapterInput
+
+    target, weight = split_weight(spec)
+    if Path(target).is_dir():
+        folder = read_adapter_dir(target)
+        entries = [FileEntry(path=r, digest=hash_file(p)[0], size=p.stat().st_size) for r, p in folder.files.items()]
+        side = compat.AdapterSide(target, folder.facts, folder.layout, folder.facts.model_type)
+        item = AdapterInput(
+            label=target,
+            digest=manifest_digest(entries),
+            weight=weight,
+            facts=folder.facts,
+            layout=folder.layout,
+            weights_path=str(folder.files[WEIGHTS_NAME]),
+        )
+        return item, side, None
+    version, base_model_type = ctx.catalog.adapters.trained_on(Ref.parse(target))
+    assert version.layout is not None
+    model_type = base_model_type or version.facts.model_type
+    side = compat.AdapterSide(version.ref, version.facts, version.layout, model_type, version.base_fingerprint)
+    entry = next(f for f in version.files if f.path == WEIGHTS_NAME)
+    try:
+        path = ctx.local_copy(entry.digest, verify=True)
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"the weights of {version.ref} are missing or corrupted in the store ({entry.digest})",
+            hint="push the adapter's folder again: the push rewrites damaged blobs",
+        ) from exc
+    item = AdapterInput(
+        label=version.ref,
+        digest=version.digest,
+        weight=weight,
+        facts=version.facts,
+        layout=version.layout,
+        weights_path=str(path),
+    )
+    return item, side, version.base
+
+
+def merge_input(ctx: Context, spec: str, base_info: BaseModelInfo, base_label: str) -> AdapterInput:
+    item, side, _ = adapter_input(ctx, spec)
+    report = compat.check(side, base_info, base_label)
+    if report.verdict == "incompatible":
+        raise IncompatibleError(
+            f"{item.label} does not fit base {base_label} ({len(report.problems)} problem(s)):",
+            problems=[p.message for p in report.problems],
+            hint=f"see `lorahub validate {split_weight(spec)[0]} --base {base_label}`",
+        )
+    return item
+
+
+def reuse_merge(
+    ctx: Context,
+    recipe_digest: str,
+    out: Path,
+    name: str | None,
+    replace: Replace,
+    protected: Sequence[Protected],
+    progress: Progress,
+) -> MergeResult | None:
+    """The recorded output of this recipe, if it still holds what was recorded: served where it
+    is when ``out`` is that folder, else copied to ``out`` (under the output rule)."""
+    record = ctx.catalog.merges.find(recipe_digest)
+    if record is None or not Path(record.output_path).is_dir():
+        return None
+    source = Path(record.output_path)
+    try:
+        model = read_model_dir(source)
+        digests, _ = compat.hash_tensors(model, ctx.catalog.hashes)
+    except LoraHubError:
+        return None
+    if compat.describe_model(model, digests).content_fingerprint != record.content_fingerprint:
+        return None
+    if source.resolve() != out.resolve():
+        out = prepare_output(out, replace=replace, protected=protected)
+        details = {"recipe_digest": recipe_digest, "copied_from": str(source)}
+        with staged_output(out, kind="merge", replace=replace, registry=ctx.partials(), details=details) as tmp:
+            copy_tree(source, tmp, progress)
+    if name is not None and (name != record.name or not ctx.catalog.bases.has(name)):
+        register_merged(ctx, out, name, digests, record)
+        record = ctx.catalog.merges.record(record.model_copy(update={"name": name}))
+    return MergeResult(path=str(out), record=record, reused=True, registered=name, peak_rss_bytes=peak_rss())
+
+
+def register_merged(ctx: Context, out: Path, name: str, digests: Mapping[str, str], record: MergeRecord) -> None:
+    model = read_model_dir(out)
+    info = compat.describe_model(model, digests, name=name).model_copy(
+        update={
+            "lineage": {
+                "recipe_digest": record.recipe_digest,
+                "recipe": record.recipe,
+                "report": record.report.model_dump(mode="json"),
+                "versions": record.versions,
+            }
+        }
+    )
+    ctx.catalog.bases.add(info)
+    fits.record_fits_for_base(ctx, name, info)
+
+
+def plan_bytes(plan: MergePlan) -> int:
+    from lora_hub.formats.dtypes import ITEMSIZE as DTYPE_SIZES
+
+    return sum(math.prod(t.shape) * DTYPE_SIZES[t.dtype_out] for t in plan.tensors)
+
+
+def set_config_dtype(folder: Path, dtype: str) -> None:
+    config = folder / "config.json"
+    if dtype == "auto" or not config.is_file():
+        return
+    doc = json.loads(config.read_text())
+    # transformers 5 writes ``dtype``, older releases ``torch_dtype``; every release reads the latter.
+    keys = [k for k in ("torch_dtype", "dtype") if k in doc] or ["torch_dtype"]
+    for key in keys:
+        doc[key] = dtype
+    config.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def merge_report(stats: Any) -> MergeReport:
+    worst = max(stats.errors, key=lambda k: stats.errors[k]) if stats.errors else None
+    return MergeReport(
+        verified_tensors=len(stats.errors),
+        worst_error=stats.errors[worst] if worst else None,
+        worst_tensor=worst,
+        errors=stats.errors,
+        tolerances=stats.tolerances,
+        passed=all(stats.errors[k] <= stats.tolerances[k] for k in stats.errors),
+        error_kind="fraction_of_bound",
+        checks=stats.checks,
+        rows_checked=stats.rows_checked,
+        entries_checked=stats.entries_checked,
+        ambiguous=stats.ambiguous,
+        thresholds=stats.thresholds,
+        not_verified=stats.not_verified,
+    )
+
+
+def merge_record(ctx: Context, recipe_digest: str) -> MergeRecord | None:
+    return ctx.catalog.merges.find(recipe_digest)
+
+
+def methods() -> list[dict[str, Any]]:
+    from lora_hub.merge.methods import METHODS
+
+    return [m.describe() for m in METHODS.values()]
