@@ -622,3 +622,9 @@ def open_hub(settings: Settings | None = None) -> HubAPI:
             hint="unset LORAHUB_URL to use the local catalog",
         )
     return Hub(settings=settings)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(hub: Hub) -> HubAPI:  # mypy: the local Hub implements the whole protocol
+        return hub

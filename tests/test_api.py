@@ -307,3 +307,37 @@ def test_upgrade_db_is_idempotent(hub: Hub) -> None:
     first = hub.upgrade_db()
     assert first.revision == HEAD_REVISION and hub.upgrade_db() == first
     assert "://" in first.database and "password" not in first.database
+
+
+def test_hub_and_hubapi_list_the_same_methods_with_the_same_signatures() -> None:
+    """HubAPI states the surface a remote client must implement: it must be the Hub's, exactly."""
+    import inspect
+
+    from lora_hub.api import HubAPI
+
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        names = [n for n, v in vars(cls).items() if callable(v) and (not n.startswith("_") or n in ("__enter__",))]
+        return {n: inspect.signature(getattr(cls, n)) for n in names}
+
+    hub, api = public(Hub), public(HubAPI)
+    assert set(hub) == set(api)
+    for name in hub:
+        assert [p.replace(annotation=inspect.Parameter.empty) for p in hub[name].parameters.values()] == [
+            p.replace(annotation=inspect.Parameter.empty) for p in api[name].parameters.values()
+        ], name
+
+
+def test_open_hub_refuses_a_server_url_until_there_is_a_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lora_hub import open_hub
+    from lora_hub.errors import NotSupportedError
+    from lora_hub.settings import Settings
+
+    monkeypatch.setenv("LORAHUB_HOME", str(tmp_path / "home"))
+    with open_hub() as hub:
+        assert isinstance(hub, Hub)
+    monkeypatch.setenv("LORAHUB_URL", "http://127.0.0.1:9")
+    with pytest.raises(NotSupportedError, match="LORAHUB_URL") as info:
+        open_hub(Settings.from_env())
+    assert info.value.http_status == 501 and info.value.exit_code == 2

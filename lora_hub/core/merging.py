@@ -33,7 +33,7 @@ from lora_hub.errors import (
     InvalidArgumentError,
     LoraHubError,
 )
-from lora_hub.formats.hf import read_model_dir
+from lora_hub.formats.hf import ModelDir, read_model_dir
 from lora_hub.formats.peft import WEIGHTS_NAME, read_adapter_dir
 from lora_hub.hashing import hash_file
 from lora_hub.progress import NoProgress, Progress
@@ -84,7 +84,7 @@ def merge(
     with its lineage. ``method`` and ``params`` choose how several adapters combine
     (``lora_hub.merge.methods``; random methods take ``params["seed"]``).
     """
-    from lora_hub.merge.plan import open_output, parse_size, plan_merge
+    from lora_hub.merge.plan import parse_size, plan_merge
 
     progress = progress or NoProgress()
     out = Path(os.path.abspath(output))
@@ -113,13 +113,7 @@ def merge(
         dtype=dtype,
         shard_size=size_limit,
     )
-    if name is not None and ctx.catalog.bases.has(name):
-        lineage = ctx.catalog.bases.get(name, with_tensors=False).lineage or {}
-        if lineage.get("recipe_digest") != plan.recipe_digest:
-            raise ConflictError(
-                f"base {name} is already registered with other content",
-                hint=f"choose another --name, or `lorahub base rm {name}` first",
-            )
+    _check_name_free(ctx, name, plan.recipe_digest)
     if not recompute:
         reused = reuse_merge(ctx, plan.recipe_digest, out, name, replace, protected, progress)
         if reused is not None:
@@ -129,36 +123,9 @@ def merge(
     check_free_space(out.parent, plan_bytes(plan) + extras, what="the merged model")
     details = {"recipe_digest": plan.recipe_digest}
     with staged_output(out, kind="merge", replace=replace, registry=ctx.partials(), details=details) as tmp:
-        for rel in plan.copy_files:
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(model.files[rel], target)
-        set_config_dtype(tmp, dtype)
-        output_files = open_output(plan, tmp, direct=ctx.settings.direct_io)
-        try:
-            # Only now: torch loads in about a second, with the output files already made
-            # (and, for buffered writes, their pages being warmed on the other core).
-            from lora_hub.merge import execute as ex
-
-            torch_device = ex.pick_device(device)
-            label = f"merging {plan.touched} of {len(plan.tensors)} tensors"
-            with progress.task(label, plan_bytes(plan)) as advance:
-                stats = ex.execute(
-                    plan,
-                    model,
-                    [a.weights_path for a in inputs],
-                    tmp,
-                    device=torch_device,
-                    base_digests={n: t.digest for n, t in (base_info.tensors or {}).items()},
-                    adapters=inputs,
-                    advance=advance,
-                    output=output_files,
-                    threads=ctx.settings.torch_threads,
-                )
-        finally:
-            output_files.close()
+        stats, torch_device = run(ctx, plan, model, base_info, inputs, tmp, dtype=dtype, device=device,
+                                  progress=progress)  # fmt: skip
         _faults.checkpoint("merge.before_rename")
-        report = merge_report(stats)
         merged = compat.describe_model(read_model_dir(tmp), stats.digests)
         record = MergeRecord(
             recipe_digest=plan.recipe_digest,
@@ -166,15 +133,11 @@ def merge(
             output_path=str(out),
             content_fingerprint=merged.content_fingerprint,
             name=name,
-            report=report,
+            report=merge_report(stats),
             versions=library_versions(),
         )
         (tmp / MERGE_RECORD_FILE).write_text(record.model_dump_json(indent=2) + "\n")
-    # The record names the base only once the base is registered under that name.
-    record = ctx.catalog.merges.record(record.model_copy(update={"name": None}))
-    if name is not None:
-        register_merged(ctx, out, name, stats.digests, record)
-        record = ctx.catalog.merges.record(record.model_copy(update={"name": name}))
+    record = _record(ctx, record, out, name, stats.digests)
     return MergeResult(
         path=str(out),
         record=record,
@@ -188,6 +151,74 @@ def merge(
         peak_rss_bytes=peak_rss(),
         device=str(torch_device),
     )
+
+
+def _check_name_free(ctx: Context, name: str | None, recipe_digest: str) -> None:
+    """``--name`` must be free, or already name this recipe's output."""
+    if name is not None and ctx.catalog.bases.has(name):
+        lineage = ctx.catalog.bases.get(name, with_tensors=False).lineage or {}
+        if lineage.get("recipe_digest") != recipe_digest:
+            raise ConflictError(
+                f"base {name} is already registered with other content",
+                hint=f"choose another --name, or `lorahub base rm {name}` first",
+            )
+
+
+def run(
+    ctx: Context,
+    plan: MergePlan,
+    model: ModelDir,
+    base_info: BaseModelInfo,
+    inputs: Sequence[AdapterInput],
+    folder: Path,
+    *,
+    dtype: str,
+    device: str,
+    progress: Progress,
+) -> tuple[Any, Any]:
+    """Write the plan's output into the empty ``folder``: the base's side files, then the shards
+    by the streaming engine (``lora_hub.merge.execute``). Returns its stats and the torch device."""
+    from lora_hub.merge.plan import open_output
+
+    for rel in plan.copy_files:
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model.files[rel], target)
+    set_config_dtype(folder, dtype)
+    output_files = open_output(plan, folder, direct=ctx.settings.direct_io)
+    try:
+        # Only now: torch loads in about a second, with the output files already made
+        # (and, for buffered writes, their pages being warmed on the other core).
+        from lora_hub.merge import execute as ex
+
+        torch_device = ex.pick_device(device)
+        label = f"merging {plan.touched} of {len(plan.tensors)} tensors"
+        with progress.task(label, plan_bytes(plan)) as advance:
+            stats = ex.execute(
+                plan,
+                model,
+                [a.weights_path for a in inputs],
+                folder,
+                device=torch_device,
+                base_digests={n: t.digest for n, t in (base_info.tensors or {}).items()},
+                adapters=inputs,
+                advance=advance,
+                output=output_files,
+                threads=ctx.settings.torch_threads,
+            )
+    finally:
+        output_files.close()
+    return stats, torch_device
+
+
+def _record(ctx: Context, record: MergeRecord, out: Path, name: str | None, digests: Mapping[str, str]) -> MergeRecord:
+    """Record the merge; with ``name``, register its output as a base, and only then let the
+    record name it."""
+    record = ctx.catalog.merges.record(record.model_copy(update={"name": None}))
+    if name is not None:
+        register_merged(ctx, out, name, digests, record)
+        record = ctx.catalog.merges.record(record.model_copy(update={"name": name}))
+    return record
 
 
 def adapter_input(ctx: Context, spec: str) -> tuple[AdapterInput, compat.AdapterSide, str | None]:

@@ -104,6 +104,9 @@ def _check_same_architecture(inputs: Sequence[AdapterInput], model_types: Sequen
         )
 
 
+Factors = list[tuple[int, LoraModule, torch.Tensor, torch.Tensor]]  # (input, module, A, B) in float64
+
+
 def combine_adapters(
     inputs: Sequence[AdapterInput],
     method: Method,
@@ -120,6 +123,50 @@ def combine_adapters(
     modules come from one model's layout (the leading parts of the module paths agree), else
     ``IncompatibleError``."""
     device = device or torch.device("cpu")
+    coefficients = method.coefficients([a.weight for a in inputs], params) if method.coefficients else None
+    by_path, saved = _check_inputs(inputs, method, rank, dtype, model_types, coefficients)
+    handles = [safe_open(a.weights_path, framework="pt") for a in inputs]
+    stored = {h.get_slice(_keys(a.layout.modules[0])[0]).get_dtype() for h, a in zip(handles, inputs, strict=True)}
+    auto = {"BF16": torch.bfloat16, "F16": torch.float16}.get(next(iter(stored)), torch.float32)
+    out_dtype = TORCH[dtype] if dtype != "auto" else (auto if len(stored) == 1 else torch.float32)
+    tensors: dict[str, torch.Tensor] = {}
+    errors: dict[str, float] = {}
+    ranks: dict[str, int] = {}
+    for path in sorted(by_path):
+        entries = by_path[path]
+        factors: Factors = []
+        for i, m in entries:
+            a_key, b_key = _keys(m)
+            factors.append(
+                (i, m, handles[i].get_tensor(a_key).to(device, torch.float64),
+                 handles[i].get_tensor(b_key).to(device, torch.float64))
+            )  # fmt: skip
+        new_a, new_b, err = _combine_module(path, factors, inputs, method, params, coefficients, rank, out_dtype)
+        a_key, b_key = _keys(entries[0][1])
+        tensors[a_key] = new_a.to(out_dtype).contiguous().cpu()
+        tensors[b_key] = new_b.to(out_dtype).contiguous().cpu()
+        if not (torch.isfinite(tensors[a_key]).all() and torch.isfinite(tensors[b_key]).all()):
+            raise InvalidArgumentError(
+                f"{path}: the combined factors are not finite in {out_dtype} (the update overflows)",
+                hint="use smaller weights, or --dtype float32",
+            )
+        errors[path] = err
+        ranks[path] = new_a.shape[0]
+    _carry_saved(inputs, saved, handles, tensors)
+    config = _peft_config(inputs, ranks, saved[0] if saved else None)
+    return Combined(tensors=tensors, config=config, errors=errors, ranks=ranks)
+
+
+def _check_inputs(
+    inputs: Sequence[AdapterInput],
+    method: Method,
+    rank: int | None,
+    dtype: str,
+    model_types: Sequence[str | None],
+    coefficients: Sequence[float] | None,
+) -> tuple[dict[str, list[tuple[int, LoraModule]]], list[AdapterInput]]:
+    """Everything refused before a tensor is read; the modules by path, and the input whose saved
+    tensors (``modules_to_save``) the result carries."""
     if dtype != "auto" and dtype not in TORCH:
         raise InvalidArgumentError(f"unknown dtype {dtype!r}", hint=f"choose one of auto, {', '.join(TORCH)}")
     if "combine" not in method.outputs:
@@ -141,7 +188,6 @@ def combine_adapters(
         raise InvalidArgumentError(
             f"{', '.join(a.label for a in saved)} each save full tensors (modules_to_save); combine at most one such"
         )
-    coefficients = method.coefficients([a.weight for a in inputs], params) if method.coefficients else None
     by_path: dict[str, list[tuple[int, LoraModule]]] = defaultdict(list)
     for i, a in enumerate(inputs):
         for m in a.layout.modules:
@@ -164,61 +210,58 @@ def combine_adapters(
         shapes = {(m.kind, m.in_features, m.out_features) for _, m in entries}
         if len(shapes) > 1:
             raise IncompatibleError(f"{path}: the adapters disagree on its shape {sorted(shapes)}; not the same base")
+    return by_path, saved
 
-    handles = [safe_open(a.weights_path, framework="pt") for a in inputs]
-    stored = {h.get_slice(_keys(a.layout.modules[0])[0]).get_dtype() for h, a in zip(handles, inputs, strict=True)}
-    auto = {"BF16": torch.bfloat16, "F16": torch.float16}.get(next(iter(stored)), torch.float32)
-    out_dtype = TORCH[dtype] if dtype != "auto" else (auto if len(stored) == 1 else torch.float32)
-    tensors: dict[str, torch.Tensor] = {}
-    errors: dict[str, float] = {}
-    ranks: dict[str, int] = {}
-    for path in sorted(by_path):
-        entries = by_path[path]
-        factors = []
-        for i, m in entries:
-            a_key, b_key = _keys(m)
-            a = handles[i].get_tensor(a_key).to(device, torch.float64)
-            b = handles[i].get_tensor(b_key).to(device, torch.float64)
-            factors.append((i, m, a, b))
-        if method.name == "cat":
-            new_a = torch.cat([a for _, _, a, _ in factors], dim=0)
-            new_b = torch.cat([b * (coefficients[i] * m.scale) for i, m, _, b in factors], dim=1)  # type: ignore[index]
-            err = 0.0
-        elif coefficients is not None:
-            left = torch.cat([b * (coefficients[i] * m.scale) for i, m, _, b in factors], dim=1)
-            right = torch.cat([a for _, _, a, _ in factors], dim=0)
-            u, s, v = _svd_of_product(left, right)
-            k = min(rank or left.shape[1], s.numel())
-            new_a, new_b = _split(u, s, v, k)
-            total = float((s**2).sum())
-            err = math.sqrt(float((s[k:] ** 2).sum()) / total) if total > 0 else 0.0
-        else:
-            # Dense updates in float32 unless the output is float64: one rounding at the end
-            # costs less than the float64 arithmetic over millions of entries per update.
-            work = torch.float64 if out_dtype == torch.float64 else torch.float32
-            deltas = [(b.to(work) @ a.to(work)).mul_(m.scale) for _, m, a, b in factors]
-            gen = generator_for(int(params.get("seed", 0)), path)
-            dense = method.combine(deltas, [inputs[i].weight for i, _, _, _ in factors], params, gen)  # type: ignore[misc]
-            k = min(rank or sum(m.rank for _, m, _, _ in factors), *dense.shape)
-            if k * 4 < min(dense.shape):
-                u, s, v = _randomized_svd(dense, k, generator_for(int(params.get("seed", 0)), "svd:" + path))
-            else:
-                u, s, vh = torch.linalg.svd(dense, full_matrices=False)
-                v = vh.t()
-            new_a, new_b = _split(u, s, v, k)
-            norm = float(torch.linalg.matrix_norm(dense))
-            err = float(torch.linalg.matrix_norm(dense - new_b @ new_a)) / norm if norm > 0 else 0.0
-        a_key, b_key = _keys(entries[0][1])
-        tensors[a_key] = new_a.to(out_dtype).contiguous().cpu()
-        tensors[b_key] = new_b.to(out_dtype).contiguous().cpu()
-        if not (torch.isfinite(tensors[a_key]).all() and torch.isfinite(tensors[b_key]).all()):
-            raise InvalidArgumentError(
-                f"{path}: the combined factors are not finite in {out_dtype} (the update overflows)",
-                hint="use smaller weights, or --dtype float32",
-            )
-        errors[path] = err
-        ranks[path] = new_a.shape[0]
 
+def _combine_module(
+    path: str,
+    factors: Factors,
+    inputs: Sequence[AdapterInput],
+    method: Method,
+    params: Mapping[str, Any],
+    coefficients: Sequence[float] | None,
+    rank: int | None,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One module's new (A, B) and the relative error of its rank cut: exact for ``cat``, the SVD of
+    the product of factors for the other linear methods, a (randomized) SVD of the dense result of
+    the non-linear ones."""
+    if method.name == "cat":
+        assert coefficients is not None
+        new_a = torch.cat([a for _, _, a, _ in factors], dim=0)
+        new_b = torch.cat([b * (coefficients[i] * m.scale) for i, m, _, b in factors], dim=1)
+        return new_a, new_b, 0.0
+    if coefficients is not None:
+        left = torch.cat([b * (coefficients[i] * m.scale) for i, m, _, b in factors], dim=1)
+        right = torch.cat([a for _, _, a, _ in factors], dim=0)
+        u, s, v = _svd_of_product(left, right)
+        k = min(rank or left.shape[1], s.numel())
+        new_a, new_b = _split(u, s, v, k)
+        total = float((s**2).sum())
+        return new_a, new_b, (math.sqrt(float((s[k:] ** 2).sum()) / total) if total > 0 else 0.0)
+    # Dense updates in float32 unless the output is float64: one rounding at the end costs less
+    # than the float64 arithmetic over millions of entries per update.
+    assert method.combine is not None
+    work = torch.float64 if out_dtype == torch.float64 else torch.float32
+    deltas = [(b.to(work) @ a.to(work)).mul_(m.scale) for _, m, a, b in factors]
+    gen = generator_for(int(params.get("seed", 0)), path)
+    dense = method.combine(deltas, [inputs[i].weight for i, _, _, _ in factors], params, gen)
+    k = min(rank or sum(m.rank for _, m, _, _ in factors), *dense.shape)
+    if k * 4 < min(dense.shape):
+        u, s, v = _randomized_svd(dense, k, generator_for(int(params.get("seed", 0)), "svd:" + path))
+    else:
+        u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+        v = vh.t()
+    new_a, new_b = _split(u, s, v, k)
+    norm = float(torch.linalg.matrix_norm(dense))
+    return new_a, new_b, (float(torch.linalg.matrix_norm(dense - new_b @ new_a)) / norm if norm > 0 else 0.0)
+
+
+def _carry_saved(
+    inputs: Sequence[AdapterInput], saved: list[AdapterInput], handles: list[Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    """The saved tensors the result keeps: one input's ``modules_to_save``, and PEFT's copies of
+    base weights under LoRA layers, which all inputs that carry one must agree on."""
     if saved:
         i = inputs.index(saved[0])
         for st in saved[0].layout.saved_tensors:
@@ -234,10 +277,14 @@ def combine_adapters(
                         "they were not trained on the same base"
                     )
                 tensors[st.file_key] = copy
+
+
+def _peft_config(inputs: Sequence[AdapterInput], ranks: dict[str, int], saved: AdapterInput | None) -> dict[str, Any]:
+    """The combined adapter's ``adapter_config.json``: ``alpha = rank`` per module (scale 1)."""
     r = max(ranks.values())
     pattern = {p: k for p, k in ranks.items() if k != r}
     first = inputs[0].facts
-    config = {
+    return {
         "peft_type": "LORA",
         "r": r,
         "lora_alpha": r,
@@ -249,11 +296,10 @@ def combine_adapters(
         "use_dora": False,
         "bias": "none",
         "lora_dropout": 0.0,
-        "modules_to_save": saved[0].facts.modules_to_save if saved else None,
+        "modules_to_save": saved.facts.modules_to_save if saved else None,
         "task_type": first.task_type if len({a.facts.task_type for a in inputs}) == 1 else None,
         "base_model_name_or_path": first.base_model_name_or_path,
         "revision": first.revision,
         "inference_mode": True,
         "init_lora_weights": True,
     }
-    return Combined(tensors=tensors, config=config, errors=errors, ranks=ranks)

@@ -302,6 +302,7 @@ def _execute(
     scratch = _Scratch()
     fds: dict[str, int] = {}
     read_ahead = _ReadAhead(model, [by_name[n] for names in plan.shards for n in names], fds)
+    state = _MergeState(model, fds, files, writer, device, block_bytes, verifier, method, params, scratch)
     try:
         for i, names in enumerate(plan.shards):
             writer.put("open", output.open(i))
@@ -315,7 +316,7 @@ def _execute(
                     stats.tensors_copied += 1
                 else:
                     writer.put("begin")
-                    _merge_tensor(t, model, fds, files, writer, device, block_bytes, verifier, method, params, scratch)
+                    _merge_tensor(t, state)
                     writer.put("end", name)
                     stats.tensors_merged += bool(t.ops)
                     stats.tensors_converted += not t.ops
@@ -405,75 +406,100 @@ def _view_rows(mapped: mmap.mmap, dtype: torch.dtype, start: int, row_bytes: int
     return torch.frombuffer(mapped, dtype=dtype, count=count, offset=start + r0 * row_bytes)
 
 
-def _merge_tensor(
-    t: TensorPlan,
-    model: ModelDir,
-    fds: dict[str, int],
-    files: _AdapterFiles,
-    writer: _Writer,
-    device: torch.device,
-    block_bytes: int,
-    verifier: Verifier,
-    method: Method,
-    params: dict[str, Any],
-    scratch: _Scratch,
-) -> None:
+@dataclass
+class _MergeState:
+    """What every tensor's merge works with, set up once per merge."""
+
+    model: ModelDir
+    fds: dict[str, int]
+    files: _AdapterFiles
+    writer: _Writer
+    device: torch.device
+    block_bytes: int
+    verifier: Verifier
+    method: Method
+    params: dict[str, Any]
+    scratch: _Scratch
+
+
+def _merge_tensor(t: TensorPlan, st: _MergeState) -> None:
+    """Write one changed (or converted) tensor: a saved tensor replacing the base's, a tensor
+    held whole (dense methods, DoRA, LoRA biases, not 2-D), or, the common case, rows streamed."""
     ensure_coefficients_fit(t)
-    out_dtype = torch_dtype(t.dtype_out)
     replace = [op for op in t.ops if isinstance(op, ReplaceOp)]
     if replace:
-        on_top = [op for op in t.ops if isinstance(op, FactorOp)]
-        if not on_top:
-            out = files.get(replace[0].adapter, replace[0].tensor, out_dtype)
-            verifier.whole(t, out)
-            _emit(writer, out, device)
-            return
-        start = files.get(replace[0].adapter, replace[0].tensor, torch.float32).reshape(t.shape)
-        if method.coefficients is None:
-            out, thresholds = _merge_dense(t, start, on_top, files, method, params)
-            verifier.whole(t, out, thresholds)
-        else:
-            out = _merge_whole(t, start, on_top, files)
-            verifier.whole(t, out)
-        _emit(writer, out, device)
+        _replace(t, st, replace[0], [op for op in t.ops if isinstance(op, FactorOp)])
         return
+    factors = [op for op in t.ops if isinstance(op, FactorOp)]
+    dense = bool(factors) and st.method.coefficients is None
+    if dense or any(isinstance(op, DoraOp | BiasOp) for op in t.ops) or len(t.shape) != 2:
+        _whole(t, st, factors, dense)
+        return
+    _stream_rows(t, st, factors)
+
+
+def _replace(t: TensorPlan, st: _MergeState, replace: ReplaceOp, on_top: list[FactorOp]) -> None:
+    """A saved tensor (``modules_to_save``), as it is or with its own LoRA update on top (PEFT's
+    copy of an embedding under a LoRA layer)."""
+    if not on_top:
+        out = st.files.get(replace.adapter, replace.tensor, torch_dtype(t.dtype_out))
+        st.verifier.whole(t, out)
+        _emit(st.writer, out, st.device)
+        return
+    start = st.files.get(replace.adapter, replace.tensor, torch.float32).reshape(t.shape)
+    if st.method.coefficients is None:
+        out, thresholds = _merge_dense(t, start, on_top, st.files, st.method, st.params)
+        st.verifier.whole(t, out, thresholds)
+    else:
+        out = _merge_whole(t, start, on_top, st.files)
+        st.verifier.whole(t, out)
+    _emit(st.writer, out, st.device)
+
+
+def _whole(t: TensorPlan, st: _MergeState, factors: list[FactorOp], dense: bool) -> None:
+    """A tensor read and merged whole: a dense method's, a DoRA module's, a LoRA bias, or one
+    that is not 2-D (converted to another dtype)."""
     assert t.source is not None
-    info = model.tensors[t.name][1]
-    fd = fds[t.source]
-    in_dtype = torch_dtype(t.dtype_in)
+    info = st.model.tensors[t.name][1]
+    raw = bytearray(os.pread(st.fds[t.source], info.nbytes, info.start))
+    whole = torch.frombuffer(raw, dtype=torch_dtype(t.dtype_in)).reshape(t.shape)
+    if dense:
+        out, thresholds = _merge_dense(t, whole.to(st.device, torch.float32), factors, st.files, st.method, st.params)
+        st.verifier.whole(t, out, thresholds)
+        _emit(st.writer, out, st.device)
+        return
     dora = [op for op in t.ops if isinstance(op, DoraOp)]
     biases = [op for op in t.ops if isinstance(op, BiasOp)]
-    factors = [op for op in t.ops if isinstance(op, FactorOp)]
-    if factors and method.coefficients is None:
-        whole = torch.frombuffer(bytearray(os.pread(fd, info.nbytes, info.start)), dtype=in_dtype).reshape(t.shape)
-        out, thresholds = _merge_dense(t, whole.to(device, torch.float32), factors, files, method, params)
-        verifier.whole(t, out, thresholds)
-        _emit(writer, out, device)
-        return
-    if dora or biases or len(t.shape) != 2:
-        whole = torch.frombuffer(bytearray(os.pread(fd, info.nbytes, info.start)), dtype=in_dtype).reshape(t.shape)
-        if dora:
-            result = _merge_dora(whole.to(device, torch.float64), dora[0], files)
-        else:
-            result = whole.to(device, torch.float64 if biases else torch.float32)
-            for op in biases:
-                bias = files.get(op.adapter, bias_key(op.module), torch.float64)
-                result = result + bias * (op.weight * op.scale)
-            if factors:
-                raise MergeError(f"{t.name}: LoRA factors on a tensor that is not 2-D")
-        out = result.to(out_dtype)
-        if dora or biases:
-            verifier.whole(t, out)
-        _emit(writer, out, device)
-        return
+    if dora:
+        result = _merge_dora(whole.to(st.device, torch.float64), dora[0], st.files)
+    else:
+        result = whole.to(st.device, torch.float64 if biases else torch.float32)
+        for op in biases:
+            bias = st.files.get(op.adapter, bias_key(op.module), torch.float64)
+            result = result + bias * (op.weight * op.scale)
+        if factors:
+            raise MergeError(f"{t.name}: LoRA factors on a tensor that is not 2-D")
+    out = result.to(torch_dtype(t.dtype_out))
+    if dora or biases:
+        st.verifier.whole(t, out)
+    _emit(st.writer, out, st.device)
 
+
+def _stream_rows(t: TensorPlan, st: _MergeState, factors: list[FactorOp]) -> None:
+    """``W + L @ R`` (or a plain dtype conversion) in row blocks straight from the shard's
+    mapping, each block handed to the writer as soon as it is rounded; see the module docstring."""
+    assert t.source is not None
+    model, fds, files, writer, device, scratch = st.model, st.fds, st.files, st.writer, st.device, st.scratch
+    info = model.tensors[t.name][1]
+    fd = fds[t.source]
+    in_dtype, out_dtype = torch_dtype(t.dtype_in), torch_dtype(t.dtype_out)
     rows, cols = t.shape
     row_bytes = cols * DTYPE_SIZES[t.dtype_in]
     out_item = DTYPE_SIZES[t.dtype_out]
-    block_rows = max(1, block_bytes // max(1, cols * max(4, out_item)))
+    block_rows = max(1, st.block_bytes // max(1, cols * max(4, out_item)))
     if block_rows >= ROW_TILE:
         block_rows -= block_rows % ROW_TILE  # blocks start on tile boundaries
-    oversized = block_rows * cols * out_item > block_bytes  # one row does not fit a buffer
+    oversized = block_rows * cols * out_item > st.block_bytes  # one row does not fit a buffer
     span = min(rows, block_rows) * cols
     # Rows come straight from the page cache through a mapping: pread copied them first, which
     # cost about 1 s per GB here, five times the widening copy itself.
@@ -487,7 +513,7 @@ def _merge_tensor(
         # Zero rows up to a whole tile, so that every product has a multiple of ROW_TILE rows.
         left = torch.cat([left, left.new_zeros((-rows) % ROW_TILE, left.shape[1])])
         tile = scratch.tensor("tile", ROW_TILE * cols, torch.float32, device).view(ROW_TILE, cols)
-        check = verifier.streamed(t, device)
+        check = st.verifier.streamed(t, device)
         x = check.x
         # float32 products, as the block is; widened once per tensor for the float64 comparison
         y_out = torch.empty(rows, dtype=torch.float32, device=device)

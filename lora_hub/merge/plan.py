@@ -172,6 +172,10 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+Ops = dict[str, list[FactorOp | DoraOp | BiasOp | ReplaceOp]]
+NewTensors = dict[str, tuple[int, str, str, list[int]]]  # name -> (adapter, file key, dtype, shape)
+
+
 def plan_merge(
     model: ModelDir,
     base_fingerprint: str,
@@ -196,9 +200,43 @@ def plan_merge(
     coefficients = (
         spec.coefficients([a.weight for a in adapters], params) if spec.coefficients else [a.weight for a in adapters]
     )
+    ops, new_tensors, problems = _collect_ops(model, adapters, coefficients)
+    problems += _conflicts(ops, linear=spec.coefficients is not None)
+    if problems:
+        raise IncompatibleError(
+            f"these adapters cannot be merged into this base ({len(problems)} problem(s)):",
+            problems=problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []),
+            hint="see `lorahub validate ADAPTER --base BASE` for each adapter",
+        )
+    tensors = _tensor_plans(model, ops, new_tensors, DTYPES[dtype])
+    entries = [Entry(t.name, t.dtype_out, tuple(t.shape)) for t in tensors]
+    groups = split_into_shards(entries, shard_size)
+    recipe = Recipe(
+        base_fingerprint=base_fingerprint,
+        adapters=[RecipeAdapter(ref=a.label, digest=a.digest, weight=a.weight) for a in adapters],
+        method=method,
+        params=params,
+        dtype=dtype,
+        shard_size=shard_size,
+    )
+    return MergePlan(
+        recipe=recipe,
+        recipe_digest=recipe.digest,
+        tensors=tensors,
+        shards=[[e.name for e in g] for g in groups],
+        shard_files=shard_names(len(groups)),
+        copy_files=side_files(model),
+    )
+
+
+def _collect_ops(
+    model: ModelDir, adapters: Sequence[AdapterInput], coefficients: Sequence[float]
+) -> tuple[Ops, NewTensors, list[str]]:
+    """Each adapter's operations, by the base tensor they apply to (through the key map that
+    fits it best), the saved tensors the base lacks (new heads), and what cannot be planned."""
     names = model.tensors.keys()
-    ops: dict[str, list[FactorOp | DoraOp | BiasOp | ReplaceOp]] = defaultdict(list)
-    new_tensors: dict[str, tuple[int, str, str, list[int]]] = {}
+    ops: Ops = defaultdict(list)
+    new_tensors: NewTensors = {}
     problems: list[str] = []
     for i, a in enumerate(adapters):
         keys = [m.path + ".weight" for m in a.layout.modules] + [s.name for s in a.layout.saved_tensors]
@@ -241,6 +279,12 @@ def plan_merge(
                 new_tensors[name] = (i, op.tensor, s.dtype, s.shape)
             else:
                 ops[key].append(op)
+    return ops, new_tensors, problems
+
+
+def _conflicts(ops: Ops, *, linear: bool) -> list[str]:
+    """Operations that cannot apply to one tensor together."""
+    problems = []
     for key, key_ops in ops.items():
         kinds = [o.kind for o in key_ops]
         replaced = [o for o in key_ops if isinstance(o, ReplaceOp)]
@@ -250,16 +294,13 @@ def plan_merge(
             problems.append(f"{key}: only plain LoRA updates can apply on top of a saved base layer")
         if "dora" in kinds and len(kinds) > 1:
             problems.append(f"{key}: a DoRA module can only be merged on its own, not summed with other adapters")
-        if "dora" in kinds and spec.coefficients is None:
+        if "dora" in kinds and not linear:
             problems.append(f"{key}: DoRA modules merge with the linear method only")
-    if problems:
-        raise IncompatibleError(
-            f"these adapters cannot be merged into this base ({len(problems)} problem(s)):",
-            problems=problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []),
-            hint="see `lorahub validate ADAPTER --base BASE` for each adapter",
-        )
+    return problems
 
-    target = DTYPES[dtype]
+
+def _tensor_plans(model: ModelDir, ops: Ops, new_tensors: NewTensors, target: str | None) -> list[TensorPlan]:
+    """Every output tensor in the base's file order, then the new ones by name."""
     tensors: list[TensorPlan] = []
     ordered = sorted(model.tensors.items(), key=lambda kv: (model.shards.index(kv[1][0]), kv[1][1].start))
     for name, (shard, info) in ordered:
@@ -288,21 +329,4 @@ def plan_merge(
                 ops=[ReplaceOp(adapter=i, tensor=tensor)],
             )
         )
-    entries = [Entry(t.name, t.dtype_out, tuple(t.shape)) for t in tensors]
-    groups = split_into_shards(entries, shard_size)
-    recipe = Recipe(
-        base_fingerprint=base_fingerprint,
-        adapters=[RecipeAdapter(ref=a.label, digest=a.digest, weight=a.weight) for a in adapters],
-        method=method,
-        params=params,
-        dtype=dtype,
-        shard_size=shard_size,
-    )
-    return MergePlan(
-        recipe=recipe,
-        recipe_digest=recipe.digest,
-        tensors=tensors,
-        shards=[[e.name for e in g] for g in groups],
-        shard_files=shard_names(len(groups)),
-        copy_files=side_files(model),
-    )
+    return tensors
