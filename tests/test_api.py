@@ -327,9 +327,7 @@ def test_hub_and_hubapi_list_the_same_methods_with_the_same_signatures() -> None
         ], name
 
 
-def test_open_hub_refuses_a_server_url_until_there_is_a_client(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_open_hub_refuses_a_server_url_until_there_is_a_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lora_hub import open_hub
     from lora_hub.errors import NotSupportedError
     from lora_hub.settings import Settings
