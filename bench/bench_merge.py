@@ -4,9 +4,9 @@ Generates (once, cached in --workdir) a ~1.1B-parameter Llama (TinyLlama's shape
 saved in 1 GB shards, and a rank-16 LoRA on all 7 linear projections. Then, --runs times each,
 as whole processes:
 
-  lorahub   `lorahub merge --base NAME ADAPTER -o OUT --force`, NAME registered once before the
+  lorahub   `lorahub merge --base NAME ADAPTER -o OUT --recompute --force`, NAME registered once before the
             runs (`lorahub base add`, not timed: a base is hashed once, when it is registered;
-            --force, so that the recorded recipe is not served from the catalog)
+            --recompute, so that the recorded recipe is not served from the catalog)
   lorahub-folder  the same with the model folder as --base and a fresh LORAHUB_HOME each run,
             so the 2.2 GB base is hashed inside every run
   peft      from_pretrained + PeftModel.from_pretrained + merge_and_unload + save_pretrained
@@ -148,7 +148,7 @@ def main() -> None:
         )
 
     def lorahub_cmd(out: Path, home: Path) -> tuple[list[str], dict[str, str]]:
-        cmd = [lorahub, "merge", "--base", "bench-base", str(adapter_dir), "-o", str(out), "--force"]
+        cmd = [lorahub, "merge", "--base", "bench-base", str(adapter_dir), "-o", str(out), "--recompute", "--force"]
         return cmd, {"LORAHUB_HOME": str(shared_home)}
 
     def lorahub_folder_cmd(out: Path, home: Path) -> tuple[list[str], dict[str, str]]:

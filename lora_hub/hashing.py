@@ -10,15 +10,13 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable
 from typing import BinaryIO
 
 from lora_hub.errors import InvalidArgumentError
+from lora_hub.progress import Advance
 
 CHUNK = 4 << 20  # 4 MiB: large enough that hashlib drops the GIL, small enough to stay in cache
 PREFIX = "sha256:"
-
-Advance = Callable[[int], None]
 
 
 def format_digest(hexdigest: str) -> str:

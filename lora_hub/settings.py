@@ -32,7 +32,6 @@ class Settings:
     store_url: str
     server_url: str | None = None
     token: str | None = None
-    debug: bool = False
     direct_io: bool = True
     torch_threads: int | None = None
 
@@ -58,7 +57,6 @@ class Settings:
             store_url=store_url or env.get("LORAHUB_STORE_URL") or f"file://{home_path / 'blobs'}",
             server_url=env.get("LORAHUB_URL") or None,
             token=env.get("LORAHUB_TOKEN") or None,
-            debug=env.get("LORAHUB_DEBUG", "") not in ("", "0", "false", "no"),
             direct_io=env.get("LORAHUB_DIRECT_IO", "1").lower() not in ("0", "false", "no"),
             torch_threads=_positive_int(env, "LORAHUB_TORCH_THREADS"),
         )

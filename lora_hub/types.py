@@ -192,6 +192,7 @@ class ListQuery(_Model):
     limit: int = 50
     offset: int = 0
     latest_only: bool = False
+    count: bool = Field(default=False, description="also count the matching versions past a full page (capped)")
 
 
 class VersionPage(_Model):
@@ -200,8 +201,13 @@ class VersionPage(_Model):
     items: list[AdapterVersion]
     offset: int
     limit: int
-    total: int = Field(description="how many versions match in all (at least, when total_capped)")
-    total_capped: bool = Field(default=False, description="true when counting stopped at 10,000 past the offset")
+    more: bool = Field(default=False, description="whether versions past this page match too")
+    total: int | None = Field(
+        default=None,
+        description="how many versions match in all (at least, when total_capped); null when not counted "
+        "(a full page, and the query did not ask for a count)",
+    )
+    total_capped: bool = Field(default=False, description="true when counting stopped at 1,000 past the offset")
     notes: list[str] = Field(default_factory=list, description="e.g. a --sort metric that no listed version has")
 
 

@@ -568,8 +568,11 @@ def test_row12_list_says_how_many_rows_it_left_out(tmp_path: Path, lorahub_env: 
     with Hub() as hub:
         for i in range(60):
             hub.push(small_adapter(tmp_path / f"a{i}", seed=i), "acme/x")
-        page = hub.search(ListQuery())
-        assert (len(page.items), page.total, page.offset, page.total_capped) == (50, 60, 0, False)
+        page = hub.search(ListQuery(count=True))
+        assert (len(page.items), page.more, page.total, page.offset, page.total_capped) == (50, True, 60, 0, False)
+        uncounted = hub.search(ListQuery())  # the API counts past a full page only when asked: it costs
+        assert (uncounted.more, uncounted.total) == (True, None)
+        assert hub.search(ListQuery(limit=60)).total == 60  # a page that shows everything counts for free
         rest = hub.search(ListQuery(offset=50))
         refs = [v.ref for v in page.items + rest.items]
         assert refs == [f"acme/x:{n}" for n in range(60, 0, -1)]

@@ -151,6 +151,7 @@ def list_(
             limit=limit,
             offset=offset,
             latest_only=latest,
+            count=True,
         )
     )
     for note in page.notes:
@@ -159,7 +160,7 @@ def list_(
         print_json(page.items)
         return
     if not page.items:
-        say("no adapters match" if page.total == 0 else f"no rows past --offset {offset} ({page.total} match)")
+        say("no adapters match" if not page.total else f"no rows past --offset {offset} ({page.total} match)")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("REF", "TAGS", "RANK", "ALPHA", "TARGETS", "DTYPE", "SIZE", "METRICS", "CREATED"):
@@ -184,8 +185,8 @@ def list_(
         )
     out.print(table)
     shown = len(page.items)
-    if page.offset or shown < page.total:
-        total = f"{page.total:,}" + ("+" if page.total_capped else "")
+    if page.offset or page.more:
+        total = "more" if page.total is None else f"{page.total:,}" + ("+" if page.total_capped else "")
         first, last = page.offset + 1, page.offset + shown
         say(f"showing {first}-{last} of {total} (use --limit and --offset for more)")
 

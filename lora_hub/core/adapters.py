@@ -22,10 +22,9 @@ from lora_hub.core.common import (
 )
 from lora_hub.errors import (
     IncompatibleError,
-    InvalidAdapterError,
     InvalidArgumentError,
 )
-from lora_hub.formats.peft import read_adapter_dir
+from lora_hub.formats.peft import check_finite_tensors, read_adapter_dir
 from lora_hub.formats.safetensors_file import nonfinite_tensors
 from lora_hub.hashing import hash_bytes, hash_file
 from lora_hub.progress import NoProgress, Progress
@@ -79,13 +78,7 @@ def push(
             for rel, (d, n) in ((rel, hash_file(p, advance)) for rel, p in adapter.files.items())
         ]
         bad = scan.result()
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise InvalidAdapterError(
-            f"NaN or Inf values in {', '.join(bad[:3])}{more}",
-            path=str(adapter.header.path),
-            hint="the training diverged or the file is damaged",
-        )
+    check_finite_tensors(adapter.header, bad)
     base_info: BaseModelInfo | None = None
     if base is not None:
         base_info, base_label, _ = bases.open_base(ctx, base, progress)

@@ -263,19 +263,24 @@ def read_adapter_dir(path: str | os.PathLike[str], *, check_finite: bool = True,
             path=str(files[WEIGHTS_NAME]),
         )
     if check_finite:
-        bad = nonfinite_tensors(header)
-        if bad:
-            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            raise InvalidAdapterError(
-                f"NaN or Inf values in {', '.join(bad[:3])}{more}",
-                path=str(files[WEIGHTS_NAME]),
-                hint="the training diverged or the file is damaged",
-            )
+        check_finite_tensors(header)
     warnings = []
     if facts.alpha <= 0:
         effect = "the adapter changes nothing when merged" if facts.alpha == 0 else "its updates are negated"
         warnings.append(f"lora_alpha is {facts.alpha:g}: {effect}")
     return AdapterDir(root, config, header, facts, layout, files, tuple(problems), tuple(warnings))
+
+
+def check_finite_tensors(header: SafetensorsHeader, bad: list[str] | None = None) -> None:
+    """Refuse an adapter file holding NaN or Inf (``bad``: the scan's result, if already made)."""
+    bad = nonfinite_tensors(header) if bad is None else bad
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise InvalidAdapterError(
+            f"NaN or Inf values in {', '.join(bad[:3])}{more}",
+            path=str(header.path),
+            hint="the training diverged or the file is damaged",
+        )
 
 
 def _targets(config: dict[str, Any], key: str) -> str | list[str] | None:
