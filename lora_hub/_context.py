@@ -47,9 +47,10 @@ class Context:
         ``BlobStore.open_local``)."""
         return self._opened.enter_context(self.store.open_local(digest, verify=verify))
 
-    def protected(self, inputs: Iterable[Protected] = ()) -> list[Protected]:
+    def protected(self, inputs: Iterable[Protected] = (), *, except_base: str | None = None) -> list[Protected]:
         """What no output may be, hold or lie inside (``lora_hub._fs``): the home, the blob store,
-        the SQLite catalog, every registered base's folder, and the command's own inputs."""
+        the SQLite catalog, every registered base's folder (but ``except_base``'s: a merge redone
+        into its own output), and the command's own inputs."""
         out = [Protected(self.settings.home, "the lora-hub home (LORAHUB_HOME)")]
         if self.store.local_root is not None:
             out.append(Protected(self.store.local_root, "the blob store"))
@@ -57,7 +58,11 @@ class Context:
         if db_file is not None:
             out.append(Protected(db_file, "the catalog database"))
         bases = self.catalog.bases.all()
-        out += [Protected(Path(b.path), f"the folder of registered base {b.name}") for b in bases if b.path]
+        out += [
+            Protected(Path(b.path), f"the folder of registered base {b.name}")
+            for b in bases
+            if b.path and b.name != except_base
+        ]
         return [*out, *inputs]
 
     def partials(self) -> PartialRegistry:

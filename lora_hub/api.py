@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lora_hub._context import Context
-from lora_hub.core import adapters, bases, combining, exporting, fits, maintenance, merging, ranking
+from lora_hub.core import adapters, bases, combining, exporting, fits, lineage, maintenance, merging, ranking
 from lora_hub.errors import NotSupportedError
 from lora_hub.progress import Progress
 from lora_hub.settings import Settings
@@ -30,6 +30,7 @@ from lora_hub.types import (
     CompatReport,
     DbStatus,
     GcReport,
+    LineageNode,
     ListQuery,
     MergeRecord,
     MergeResult,
@@ -40,11 +41,32 @@ from lora_hub.types import (
 )
 
 if TYPE_CHECKING:
+    from lora_hub.core.pipeline import PipelineResult, PipelineSpec
     from lora_hub.export.exporter import ExporterInfo
     from lora_hub.export.run import ExportResult
     from lora_hub.rank.types import ExtractResult, RankAnalysis, ReduceResult
 
 __all__ = ["Hub", "HubAPI", "open_hub"]
+
+# The result types of the capabilities whose packages load torch, importable from here without
+# loading it at ``import lora_hub.api`` (front ends name them only in annotations).
+_LAZY_TYPES = {
+    "PipelineResult": "lora_hub.core.pipeline",
+    "PipelineSpec": "lora_hub.core.pipeline",
+    "ExporterInfo": "lora_hub.export.exporter",
+    "ExportResult": "lora_hub.export.run",
+    "ExtractResult": "lora_hub.rank.types",
+    "RankAnalysis": "lora_hub.rank.types",
+    "ReduceResult": "lora_hub.rank.types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_TYPES:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_TYPES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class HubAPI(Protocol):
@@ -60,6 +82,33 @@ class HubAPI(Protocol):
     def merge_record(self, recipe_digest: str) -> MergeRecord | None: ...
 
     def methods(self) -> list[dict[str, Any]]: ...
+
+    def lineage(self, ref: str) -> LineageNode: ...
+
+    def run_pipeline(
+        self,
+        pipeline: PipelineSpec | str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        recompute: bool = False,
+        force: bool = False,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> PipelineResult: ...
+
+    def merge_pipeline(
+        self,
+        base: str | os.PathLike[str],
+        adapters: Sequence[str],
+        output: str | os.PathLike[str],
+        *,
+        formats: Sequence[str],
+        name: str | None = None,
+        method: str = "linear",
+        params: Mapping[str, Any] | None = None,
+        dtype: str = "auto",
+        shard_size: str | int = "5GB",
+    ) -> PipelineSpec: ...
 
     def push(
         self,
@@ -206,6 +255,7 @@ class HubAPI(Protocol):
         max_seq: int | None = None,
         opset: int | None = None,
         with_cache: bool = False,
+        recompute: bool = False,
         force: bool = False,
         overwrite: bool = False,
         progress: Progress | None = None,
@@ -257,6 +307,51 @@ class Hub:
     def methods(self) -> list[dict[str, Any]]:
         """Every merge/combine method with its parameters (``Method.describe``)."""
         return merging.methods()
+
+    def lineage(self, ref: str) -> LineageNode:
+        """What was made from ``ref`` (an adapter reference or a registered base), as a tree:
+        adapters combined, reduced or extracted from it, merges that used it, their exports, and
+        merges built on those (``lora_hub.core.lineage``)."""
+        return lineage.lineage(self._ctx, ref)
+
+    def run_pipeline(
+        self,
+        pipeline: PipelineSpec | str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        recompute: bool = False,
+        force: bool = False,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> PipelineResult:
+        """Run a merge-and-export pipeline (a ``PipelineSpec``, or the path of its YAML file):
+        merge, register, export; every step is served from its record when unchanged, so an
+        unchanged pipeline does no work (``lora_hub.core.pipeline``)."""
+        from lora_hub.core import pipeline as pipelines  # imports the export package: only when used
+
+        spec = pipeline if isinstance(pipeline, pipelines.PipelineSpec) else pipelines.load(pipeline)
+        return pipelines.run(self._ctx, spec, device=device, recompute=recompute, force=force, overwrite=overwrite,
+                             progress=progress)  # fmt: skip
+
+    def merge_pipeline(
+        self,
+        base: str | os.PathLike[str],
+        adapters: Sequence[str],
+        output: str | os.PathLike[str],
+        *,
+        formats: Sequence[str],
+        name: str | None = None,
+        method: str = "linear",
+        params: Mapping[str, Any] | None = None,
+        dtype: str = "auto",
+        shard_size: str | int = "5GB",
+    ) -> PipelineSpec:
+        """The pipeline of ``lorahub merge ... --export FORMAT,...`` (the merge, then one export per
+        format at ``<output>-<format>``), to give to ``run_pipeline``."""
+        from lora_hub.core import pipeline as pipelines
+
+        return pipelines.merge_spec(str(base), adapters, output, formats=formats, name=name, method=method,
+                                    params=dict(params or {}), dtype=dtype, shard_size=shard_size)  # fmt: skip
 
     # --- adapters ------------------------------------------------------------------------------------
     def push(
@@ -561,6 +656,7 @@ class Hub:
         max_seq: int | None = None,
         opset: int | None = None,
         with_cache: bool = False,
+        recompute: bool = False,
         force: bool = False,
         overwrite: bool = False,
         progress: Progress | None = None,
@@ -568,10 +664,11 @@ class Hub:
         """Export ``model`` (a registered base, merged or not, or an HF model folder) to ``format``
         at ``output``, checked against the eager model by the parity gate (``lora_hub.export``).
 
-        The result carries the base's content fingerprint and the export's key (fingerprint +
-        format + options + library versions + target); nothing is recorded in the catalog yet.
-        ``output`` follows the rule of ``lora_hub._fs`` (``force``: replace an earlier lora-hub
-        output; ``overwrite``: replace any folder), checked before the base is read."""
+        The export is recorded in the catalog by its key (the source's content fingerprint, format,
+        resolved options, library versions and target); the same key again is served from the
+        record, after checking the artifact's digests, unless ``recompute``. ``output`` follows the
+        rule of ``lora_hub._fs`` (``force``: replace an earlier lora-hub output; ``overwrite``:
+        replace any folder), checked before the base is read."""
         return exporting.export(
             self._ctx,
             model,
@@ -583,6 +680,7 @@ class Hub:
             max_seq=max_seq,
             opset=opset,
             with_cache=with_cache,
+            recompute=recompute,
             force=force,
             overwrite=overwrite,
             progress=progress,

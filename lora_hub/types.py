@@ -227,6 +227,19 @@ class BaseFile(_Model):
     digest: str | None = Field(default=None, description="set for files copied into the blob store")
 
 
+class ExportEntry(_Model):
+    """What the catalog keeps of an export: its key, source and format, where it was written, and
+    the whole record (``lora_hub.export.run.ExportRecord``, as written to ``lorahub_export.json``)."""
+
+    key: str
+    source_fingerprint: str
+    base_name: str | None = None
+    format: str
+    output_path: str
+    record: dict[str, Any]
+    created_at: datetime | None = None
+
+
 class BaseModelInfo(_Model):
     """A base model: an HF model folder, fingerprinted.
 
@@ -249,6 +262,7 @@ class BaseModelInfo(_Model):
     created_at: datetime | None = None
     lineage: dict[str, Any] | None = Field(default=None, description="for merged models: recipe and verification")
     tensors: dict[str, BaseTensor] | None = Field(default=None, description="omitted (null) in list results")
+    exports: list[ExportEntry] | None = Field(default=None, description="in base show: its recorded exports")
     status: Literal["ok", "missing", "changed"] | None = Field(
         default=None,
         description="in base list/show: whether its folder still holds its weights (sizes checked, not hashes); "
@@ -385,3 +399,19 @@ class CombineResult(_Model):
     errors: dict[str, float]
     max_error: float
     mean_error: float
+
+
+# --- lineage ---------------------------------------------------------------------------------
+
+
+class LineageNode(_Model):
+    """One thing in a lineage and what was made from it: an adapter version, a merged model (a
+    registered base, or an unregistered output folder), or an export."""
+
+    kind: Literal["adapter", "base", "merge", "export"]
+    label: str = Field(description="ref, base name, output folder or format")
+    digest: str | None = Field(default=None, description="adapter digest, recipe digest, or export key")
+    fingerprint: str | None = Field(default=None, description="content fingerprint of a model")
+    path: str | None = None
+    how: str | None = Field(default=None, description="how it was made from its parent (method, weight, format)")
+    children: list[LineageNode] = Field(default_factory=list)

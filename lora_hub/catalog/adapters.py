@@ -38,6 +38,18 @@ class Adapters:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def derived(self) -> list[AdapterVersion]:
+        """Every version made from others (combine, reduce, extract), with its lineage."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(VersionRow, AdapterRow)
+                .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
+                .where(VersionRow.lineage.is_not(None))
+                .options(undefer(VersionRow.lineage), undefer(VersionRow.layout))
+                .order_by(VersionRow.id)
+            ).all()
+            return versions_from_rows(s, [(r[0], r[1]) for r in rows], with_layout=True)
+
     def search(self, query: ListQuery) -> VersionPage:
         """See ``lora_hub.catalog.listing.search``."""
         return search(self.db, query)

@@ -4,6 +4,7 @@
     catalog.bases      base models and which adapters fit them (``bases.py``)
     catalog.hashes     the tensor-hash cache of weight files (``bases.py``)
     catalog.merges     merges by recipe (``merges.py``)
+    catalog.exports    exports by key (``exports.py``)
     catalog.leases     store leases: pushes and gc exclude each other (``leases.py``)
 
 Every public method of a repository is one managed session and returns domain types
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from lora_hub.catalog.adapters import Adapters
 from lora_hub.catalog.bases import Bases, HashCache
 from lora_hub.catalog.db import Database
+from lora_hub.catalog.exports import Exports
 from lora_hub.catalog.leases import Leases
 from lora_hub.catalog.merges import Merges
 from lora_hub.catalog.tables import AdapterRow, BaseRow, VersionFileRow, VersionRow
@@ -31,6 +33,7 @@ class Catalog:
         self.bases = Bases(self.db)
         self.hashes = HashCache(self.db)
         self.merges = Merges(self.db)
+        self.exports = Exports(self.db)
         self.leases = Leases(self.db)
 
     def close(self) -> None:

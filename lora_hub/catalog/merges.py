@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from lora_hub.catalog.convert import merge_record
 from lora_hub.catalog.db import Database
 from lora_hub.catalog.tables import MergeRow, utcnow
@@ -32,3 +34,8 @@ class Merges:
         with self.db.session() as s:
             row = s.get(MergeRow, recipe_digest)
             return merge_record(row) if row is not None else None
+
+    def all(self) -> list[MergeRecord]:
+        """Every recorded merge (``lorahub lineage`` follows adapters and bases through them)."""
+        with self.db.session() as s:
+            return [merge_record(row) for row in s.scalars(select(MergeRow).order_by(MergeRow.created_at))]

@@ -199,3 +199,17 @@ class StoreLeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(200), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ExportRow(Base):
+    """An export, by key (source content + format + resolved options + library versions + target):
+    the same key is served from here, after its artifact's digests are checked."""
+
+    __tablename__ = "exports"
+    key: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    source_fingerprint: Mapped[str] = mapped_column(DIGEST, nullable=False, index=True)
+    base_name: Mapped[str | None] = mapped_column(FULL_NAME)
+    format: Mapped[str] = mapped_column(String(32), nullable=False)
+    output_path: Mapped[str] = mapped_column(Text, nullable=False)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)

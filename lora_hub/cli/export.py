@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,8 +17,12 @@ from lora_hub.cli._common import (
     human_bytes,
     out,
     print_json,
+    say,
 )
 from lora_hub.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from lora_hub.api import ExportResult
 
 
 @handle_errors
@@ -60,6 +64,9 @@ def export(
     opset: Annotated[
         int | None, typer.Option("--opset", metavar="N", help="ONNX opset (onnx only); default 20.")
     ] = None,
+    recompute: Annotated[
+        bool, typer.Option("--recompute", help="Export again even if this key's artifact is recorded.")
+    ] = False,
     force: ForceOpt = False,
     overwrite: OverwriteOpt = False,
     list_formats: Annotated[
@@ -95,6 +102,7 @@ def export(
         max_seq=max_seq,
         opset=opset,
         with_cache=with_cache,
+        recompute=recompute,
         force=force,
         overwrite=overwrite,
         progress=RichProgress(not json),
@@ -102,13 +110,19 @@ def export(
     if json:
         print_json(result)
         return
+    print_export(model, result)
+
+
+def print_export(model: str, result: ExportResult) -> None:
+    """The human lines of an export: the artifact files, the parity check, the timings, the key."""
     rec = result.record
     plan = rec.plan
     cache = f", static cache {plan.contract.cache.max_cache_len}" if plan.contract.cache else ""
-    out.print(
-        f"exported {model} -> {result.path}  ({plan.format}, {plan.options.dtype}, {plan.options.device}{cache})",
-        markup=False,
-    )
+    what = f"({plan.format}, {plan.options.dtype}, {plan.options.device}{cache})"
+    if result.reused:
+        out.print(f"{result.path}: served from the catalog {what}, exported before; key {plan.key}", markup=False)
+        return
+    say(f"exported {model} -> {result.path}  {what}")
     for a in rec.artifacts:
         out.print(f"  {a.path}  {human_bytes(a.size)}  {a.digest}", markup=False)
     rep, tol = rec.parity, rec.parity.tolerance

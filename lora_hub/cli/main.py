@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lora_hub._version import __version__
-from lora_hub.cli import adapters, admin, bases, export, merge, metrics, rank
+from lora_hub.cli import adapters, admin, bases, export, lineage, merge, metrics, pipeline, rank
 
 app = typer.Typer(
     name="lorahub",
@@ -46,6 +46,8 @@ app.command("analyze")(rank.analyze)
 app.command("reduce")(rank.reduce)
 app.command("extract")(rank.extract)
 app.command("methods")(merge.methods)
+app.command("lineage")(lineage.lineage)
+app.command("run")(pipeline.run)
 app.command("export")(export.export)
 app.command("exporters")(export.exporters)
 app.add_typer(bases.app, name="base")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,7 +19,12 @@ from lora_hub.cli._common import (
     print_json,
     say,
 )
+from lora_hub.cli.export import print_export
 from lora_hub.errors import InvalidArgumentError
+from lora_hub.types import MergeResult
+
+if TYPE_CHECKING:
+    from lora_hub.api import PipelineResult
 
 MethodOpt = Annotated[
     str, typer.Option("--method", metavar="NAME", help="How adapters combine; see `lorahub methods`.")
@@ -87,6 +92,14 @@ def merge(
     recompute: Annotated[
         bool, typer.Option("--recompute", help="Merge again even if this recipe's output is recorded.")
     ] = False,
+    export: Annotated[
+        list[str],
+        typer.Option(
+            "--export",
+            metavar="FORMAT[,FORMAT]",
+            help="Then export the merged model to each format, at DIR-FORMAT (see `lorahub exporters`).",
+        ),
+    ] = [],  # noqa: B006
     force: ForceOpt = False,
     overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
@@ -98,25 +111,33 @@ def merge(
       lorahub merge --base llama-3.2-1b acme/sql:3 -o ./merged --name acme/llama-sql
       lorahub merge --base llama-3.2-1b acme/sql:3@0.7 acme/chat:1@0.3 -o ./merged
       lorahub merge --base llama-3.2-1b a:1@0.5 b:2@0.3 c:1@0.2 --method ties --density 0.4 -o ./merged
+      lorahub merge --base llama-3.2-1b acme/sql:3 -o ./merged --export onnx,torch-export
     """
-    result = hub().merge(
-        base,
-        adapters,
-        output,
-        name=name,
-        method=method,
-        params=method_params(density, seed, majority_sign, lambda_, param),
-        dtype=dtype,
-        device=device,
-        shard_size=shard_size,
-        recompute=recompute,
-        force=force,
-        overwrite=overwrite,
-        progress=RichProgress(not json),
-    )
+    params = method_params(density, seed, majority_sign, lambda_, param)
+    progress = RichProgress(not json)
+    pipeline: PipelineResult | None = None
+    if export:
+        formats = [f.strip() for item in export for f in item.split(",") if f.strip()]
+        spec = hub().merge_pipeline(base, adapters, output, formats=formats, name=name, method=method,
+                                    params=params, dtype=dtype, shard_size=shard_size)  # fmt: skip
+        pipeline = hub().run_pipeline(spec, device=device, recompute=recompute, force=force, overwrite=overwrite,
+                                      progress=progress)  # fmt: skip
+        result = pipeline.merge
+    else:
+        result = hub().merge(base, adapters, output, name=name, method=method, params=params, dtype=dtype,
+                             device=device, shard_size=shard_size, recompute=recompute, force=force,
+                             overwrite=overwrite, progress=progress)  # fmt: skip
     if json:
-        print_json(result)
+        print_json(result if pipeline is None else pipeline)
         return
+    print_merge(result)
+    for exported in pipeline.exports if pipeline is not None else ():
+        print_export(result.registered or result.path, exported)
+
+
+def print_merge(result: MergeResult) -> None:
+    """The human lines of a merge: what was written (or served from the record), the verification,
+    the recipe."""
     rec = result.record
     report = rec.report
     if result.reused:

@@ -51,6 +51,14 @@ def print_base(b: BaseModelInfo, all_tensors: bool) -> None:
             + unchecked
             + (", passed" if report.get("passed") else ", FAILED")
         )
+    if b.exports:
+        say("exports")
+        for e in b.exports:
+            parity = e.record.get("parity", {})
+            worst = parity.get("worst_abs")
+            check = f"parity max abs {worst:.3g}" if isinstance(worst, int | float) else "parity passed"
+            created = e.created_at.isoformat(timespec="seconds") if e.created_at else "-"
+            say(f"  {e.format}  {e.output_path}  {check}  {created}  key {e.key}")
     say("files")
     for f in b.files:
         say(f"  {f.path}  {human_bytes(f.size)}" + (f"  {f.digest}" if f.digest else ""))

@@ -81,8 +81,13 @@ def list_bases(ctx: Context) -> list[BaseModelInfo]:
 
 
 def show_base(ctx: Context, name: str) -> BaseModelInfo:
-    info = ctx.catalog.bases.get(name)
-    return info.model_copy(update={"status": folder_status(info)})
+    return _shown(ctx, ctx.catalog.bases.get(name))
+
+
+def _shown(ctx: Context, info: BaseModelInfo) -> BaseModelInfo:
+    """``info`` with what ``show`` adds: its folder's status and its recorded exports."""
+    exports = ctx.catalog.exports.of_source(info.content_fingerprint)
+    return info.model_copy(update={"status": folder_status(info), "exports": exports})
 
 
 def remove_base(ctx: Context, name: str) -> BaseModelInfo:
@@ -167,8 +172,7 @@ def show_any(ctx: Context, ref: str) -> AdapterVersion | BaseModelInfo:
         return adapters.show(ctx, ref)
     except NotFoundError:
         if ":" not in ref and is_base_name(ref) and ctx.catalog.bases.has(ref):
-            info = ctx.catalog.bases.get(ref, with_tensors=False)
-            return info.model_copy(update={"status": folder_status(info)})
+            return _shown(ctx, ctx.catalog.bases.get(ref, with_tensors=False))
         raise
 
 

@@ -81,7 +81,7 @@ def peak_rss() -> int:
 def copy_tree(source: Path, dest: Path, progress: Progress) -> None:
     """Copy the files of ``source`` into the empty folder ``dest`` (lora-hub's marker excepted)."""
     files = [p for p in sorted(source.rglob("*")) if p.is_file() and p.name != OUTPUT_MARK]
-    with progress.task("copying the recorded merge", sum(p.stat().st_size for p in files)) as advance:
+    with progress.task("copying the recorded output", sum(p.stat().st_size for p in files)) as advance:
         for p in files:
             target = dest / p.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)

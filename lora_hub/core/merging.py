@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_hub import _faults, compat
 from lora_hub._context import Context
-from lora_hub._fs import Protected, Replace, prepare_output, staged_output
+from lora_hub._fs import Protected, Replace, prepare_output, staged_output, written_by_lorahub
 from lora_hub.core import bases, fits
 from lora_hub.core.adapters import manifest_digest
 from lora_hub.core.common import (
@@ -94,7 +94,8 @@ def merge(
         raise InvalidArgumentError(f"unknown device {device!r}", hint="use auto, cpu or cuda (or cuda:N)")
     size_limit = parse_size(shard_size)
     replace = Replace.of(force=force, overwrite=overwrite)
-    protected = ctx.protected(input_folders([str(base), *(split_weight(a)[0] for a in adapters)]))
+    own = name if name is not None and _own_output(ctx, name, out) else None
+    protected = ctx.protected(input_folders([str(base), *(split_weight(a)[0] for a in adapters)]), except_base=own)
     # A folder that holds a recorded merge may be this recipe's output, served again as it
     # is; whether it is can be told once the recipe is planned. Anything else is checked now.
     maybe_in_place = (out / MERGE_RECORD_FILE).is_file() and not recompute
@@ -150,6 +151,23 @@ def merge(
         seconds=stats.seconds,
         peak_rss_bytes=peak_rss(),
         device=str(torch_device),
+    )
+
+
+def _own_output(ctx: Context, name: str, out: Path) -> bool:
+    """``out`` is the folder of base ``name`` and lora-hub wrote it as a merge: the merge of the
+    recipe registered as ``name`` may replace it (``--recompute --force``); that the recipe is the
+    same is checked once it is planned (``_check_name_free``)."""
+    if not ctx.catalog.bases.has(name):
+        return False
+    info = ctx.catalog.bases.get(name, with_tensors=False)
+    marker = written_by_lorahub(out)
+    return (
+        info.path is not None
+        and Path(info.path) == out
+        and bool((info.lineage or {}).get("recipe_digest"))
+        and marker is not None
+        and marker.get("kind") == "merge"
     )
 
 

@@ -67,6 +67,7 @@ class ExportResult(BaseModel):
 
     path: str
     record: ExportRecord
+    reused: bool = Field(default=False, description="served from the catalog's record of the same key")
 
 
 # --- the folder's facts --------------------------------------------------------------------------

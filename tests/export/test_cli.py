@@ -48,7 +48,8 @@ def test_export_prints_a_summary_and_json(sources: Sources, tmp_path: Path) -> N
     result = runner.invoke(app, ["export", str(src), "--format", "torchscript", "-o", str(tmp_path / "j"), "--json"])
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert set(doc) == {"path", "record"}
+    assert set(doc) == {"path", "record", "reused"}
+    assert doc["reused"] is True  # the same content, format and options: copied from the first export
     assert set(doc["record"]) >= {"plan", "artifacts", "format_facts", "parity", "usage", "timings", "peak_rss_bytes"}
     assert doc["record"]["parity"]["passed"] is True and doc["record"]["plan"]["format"] == "torchscript"
 
