@@ -69,3 +69,27 @@ t lorahub combine acme/sql acme/chat --method cat --name acme/sql-chat
 t lorahub combine acme/sql@0.6 acme/chat@0.4 --method svd --rank 4 --name acme/sql-chat-r4
 t lorahub combine acme/sql acme/chat --method ties --density 0.3 --rank 8 --name acme/sql-chat-ties
 t lorahub merge --base tiny-llama acme/sql@0.5 acme/chat@0.5 --method dare_ties --density 0.5 --seed 7 -o ./dare
+echo "## pipelines"
+t lorahub merge --base tiny-llama acme/sql -o ./merged --name acme/llama-sql --export torchscript,torch-export
+t lorahub merge --base tiny-llama acme/sql -o ./merged --name acme/llama-sql --export torchscript,torch-export
+cat > pipeline.yaml <<'YAML'
+base_model: tiny-llama
+merge_method: linear
+models:
+  - model: acme/sql
+    weight: 0.7
+  - model: acme/chat
+    weight: 0.3
+output: ./sql-chat
+name: acme/llama-sql-chat
+exports:
+  - format: onnx
+  - {format: torch-export, max_seq: 64}
+YAML
+sed 's/max_seq: 64/max_seq: 4096/' pipeline.yaml > too-long.yaml
+t lorahub run too-long.yaml
+t lorahub run pipeline.yaml
+t lorahub run pipeline.yaml
+t lorahub lineage acme/sql:1
+t lorahub lineage tiny-llama
+t lorahub base show acme/llama-sql-chat

@@ -36,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_fie
 from lora_hub._context import Context
 from lora_hub._fs import Replace, prepare_output
 from lora_hub.core import exporting, merging
-from lora_hub.core.common import input_folders, split_weight
-from lora_hub.errors import ExportError, InvalidArgumentError
-from lora_hub.export.run import ExportResult
+from lora_hub.core.common import input_folders, is_base_name, split_weight
+from lora_hub.errors import ExportError, InvalidArgumentError, LoraHubError
+from lora_hub.export.plan import ModelFacts
+from lora_hub.export.run import ExportResult, inspect_model
 from lora_hub.progress import Progress
 from lora_hub.types import MergeResult
 
@@ -169,7 +170,7 @@ def run(
     Every export's format, options and output folder are checked before the merge starts."""
     from lora_hub.export.exporter import RECORD_FILE
 
-    outputs = check(spec)
+    outputs = check(ctx, spec)
     # every output checked now, rather than after a merge of minutes (a recorded export's folder
     # may be served as it is: its export checks it again)
     replace = Replace.of(force=force, overwrite=overwrite)
@@ -216,22 +217,31 @@ def run(
     return PipelineResult(merge=merged, exports=exports)
 
 
-def check(spec: PipelineSpec) -> list[str]:
-    """The exports' output folders, after checking that each format exists with its options and
-    that no two steps write the same folder (or one inside another)."""
+def check(ctx: Context, spec: PipelineSpec) -> list[str]:
+    """The exports' output folders, after checking that each format exists with its options,
+    that each export's plan works on the merged model (planned on the base's config, with the
+    merge's dtype: a merge only changes weights), and that no two steps write the same folder (or
+    one inside another)."""
     from lora_hub.export import get_exporter
     from lora_hub.export.environment import probe_environment
-    from lora_hub.export.plan import make_options
+    from lora_hub.export.plan import make_options, plan_export
 
     outputs: list[str] = []
     env = probe_environment() if spec.exports else None
+    facts = _merged_facts(ctx, spec) if spec.exports else None
     for i, e in enumerate(spec.exports):
         try:
             exporter = get_exporter(e.format)
-            make_options(dtype=e.dtype, device=e.device, max_batch=e.max_batch, max_seq=e.max_seq, opset=e.opset,
-                         with_cache=e.with_cache)  # fmt: skip
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"exports[{i}] ({e.format}): {exc.message}", hint=exc.hint) from None
+            options = make_options(dtype=e.dtype, device=e.device, max_batch=e.max_batch, max_seq=e.max_seq,
+                                   opset=e.opset, with_cache=e.with_cache)  # fmt: skip
+            if facts is not None and env is not None:
+                plan_export(spec.output, facts, exporter, options, env)
+        except (InvalidArgumentError, ExportError) as exc:
+            cls = ExportError if isinstance(exc, ExportError) else InvalidArgumentError
+            raise cls(
+                f"exports[{i}] ({e.format}): {exc.message}",
+                hint=(exc.hint + "; " if exc.hint else "") + "nothing was merged",
+            ) from None
         reason = exporter.unavailable(env, None if e.device == "auto" else e.device) if env is not None else None
         if reason is not None:
             raise ExportError(
@@ -248,6 +258,23 @@ def check(spec: PipelineSpec) -> list[str]:
                     hint="give the exports distinct `output:` folders, outside the merge's",
                 )
     return outputs
+
+
+def _merged_facts(ctx: Context, spec: PipelineSpec) -> ModelFacts | None:
+    """The facts an export plan needs of the merged model, read from the base's folder (None for
+    a base kept only in the blob store: each export plans itself after the merge then)."""
+    base = spec.base_model
+    if is_base_name(base) and ctx.catalog.bases.has(base):
+        base = ctx.catalog.bases.get(base).path or ""
+    if not base or not (Path(base) / "config.json").is_file():
+        return None
+    try:
+        facts = inspect_model(base)
+    except LoraHubError:
+        return None  # the merge itself says what is wrong with the base
+    if spec.dtype in ("float32", "bfloat16", "float16"):
+        facts = facts.model_copy(update={"config_dtype": spec.dtype})
+    return facts
 
 
 def merge_spec(

@@ -162,6 +162,12 @@ def test_files_that_are_not_pipelines(hub: Hub, tmp_path: Path) -> None:
         ("[{format: onnx, max_batch: 0}]", InvalidArgumentError, r"exports\[0\] \(onnx\): bad export option"),
         ("[{format: torchscript}, {format: torchscript}]", InvalidArgumentError, "each needs a folder of its own"),
         ("[{format: torchscript, output: ./m/ts}]", InvalidArgumentError, "each needs a folder of its own"),
+        # known only from the model's config: planned on the base's before the merge
+        (
+            "[{format: onnx}, {format: torch-export, max_seq: 100000}]",
+            InvalidArgumentError,
+            r"exports\[1\] \(torch-export\): --max-seq 100000 is longer than the model's \d+ positions",
+        ),
     ],
 )
 def test_a_wrong_export_is_refused_before_the_merge(
@@ -186,18 +192,28 @@ def test_an_unavailable_format_is_refused_before_the_merge(
     hub: Hub, llama: Sources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lora_hub.export import EXPORTERS
+    from lora_hub.export.environment import probe_environment
 
-    if (
-        EXPORTERS["tensorrt"].unavailable(
-            __import__("lora_hub.export.environment").export.environment.probe_environment()
-        )
-        is None
-    ):
+    if EXPORTERS["tensorrt"].unavailable(probe_environment()) is None:
         pytest.skip("tensorrt works on this machine")
     calls = spy(monkeypatch)
     with pytest.raises(ExportError, match="cannot export to tensorrt on this machine") as info:
         hub.run_pipeline(hub.merge_pipeline("tiny-llama", ["acme/llama-lora"], tmp_path / "m", formats=["tensorrt"]))
     assert "nothing was merged" in (info.value.hint or "") and calls == []
+
+
+def test_the_merge_dtype_is_planned_into_the_exports(
+    hub: Hub, llama: Sources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bfloat16 merge exported to ONNX on the CPU (no bfloat16 kernels there): refused before
+    the merge, although the base's own config says float32."""
+    calls = spy(monkeypatch)
+    spec = hub.merge_pipeline("tiny-llama", ["acme/llama-lora"], tmp_path / "m", formats=["onnx"], dtype="bfloat16")
+    if str(spec.exports[0].device) not in ("auto", "cpu") or torch.cuda.is_available():
+        pytest.skip("onnx would run on a GPU here, where bfloat16 works")
+    with pytest.raises(InvalidArgumentError, match=r"exports\[0\] \(onnx\): onnx cannot run bfloat16 on the CPU"):
+        hub.run_pipeline(spec)
+    assert calls == [] and not (tmp_path / "m").exists()
 
 
 def test_an_existing_output_is_refused_before_any_step(hub: Hub, llama: Sources, tmp_path: Path) -> None:
