@@ -62,7 +62,7 @@ def export(
     if weights is None:
         raise bases.why_no_weights(ctx, info, label)
     in_place = all(p == weights.root / rel for rel, p in weights.files.items())
-    staged = linked_folder(weights.files, ctx.settings.home / "export-sources")
+    staged = linked_folder(weights.files, ctx.settings.home / "export-sources", ctx.partials())
     with contextlib.nullcontext(weights.root) if in_place else staged as folder:
         planned = plan(folder, format, options, source_fingerprint=info.content_fingerprint)
         if not recompute and planned.key is not None:

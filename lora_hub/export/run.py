@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lora_hub._fs import PartialRegistry, Protected, Replace, prepare_output, staged_output
+from lora_hub._fs import PARTIAL_MARK, PartialRegistry, Protected, Replace, prepare_output, staged_output
 from lora_hub.errors import ExportError, InvalidModelError, LoraHubError
 from lora_hub.export import EXPORTERS, get_exporter, parity
 from lora_hub.export.environment import Environment, probe_environment
@@ -325,14 +325,18 @@ def exporter_infos(env: Environment | None = None) -> list[ExporterInfo]:
 
 
 @contextlib.contextmanager
-def linked_folder(files: Mapping[str, Path], parent: Path | None = None) -> Iterator[Path]:
+def linked_folder(
+    files: Mapping[str, Path], parent: Path | None = None, registry: PartialRegistry | None = None
+) -> Iterator[Path]:
     """A temporary model folder (in ``parent``) holding the given files (relative path -> file),
     for weights that live elsewhere, e.g. blobs in a store: transformers loads from folders only.
     Files are hard-linked where they share a filesystem with ``parent`` (no copy), else copied;
-    never symlinked, since a model folder's links may not leave it."""
+    never symlinked, since a model folder's links may not leave it. Recorded in ``registry``, so
+    that ``gc`` removes the folder of an export that was killed."""
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="lorahub-export-source-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_MARK}export-source-", dir=parent))
+    record = registry.add(tmp) if registry is not None else None
     try:
         for rel, src in files.items():
             target = tmp / rel
@@ -344,6 +348,9 @@ def linked_folder(files: Mapping[str, Path], parent: Path | None = None) -> Iter
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if record is not None:
+            with contextlib.suppress(OSError):
+                record.unlink()
 
 
 def peak_rss() -> int:

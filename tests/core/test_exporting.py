@@ -117,3 +117,40 @@ def test_exports_are_listed_with_their_base(hub: Hub, sources: Sources, tmp_path
     # a base with the same content under another name shares the exports
     hub.base_add(sources("llama").merged, "acme/same-content")
     assert {e.key for e in hub.base_show("acme/same-content").exports or []} == {e.key for e in listed}
+
+
+def test_gc_removes_the_source_folder_of_a_killed_export(tmp_path: Path) -> None:
+    """An export of a base kept in the blob store reads it through a folder of links under the
+    home; an export killed with SIGKILL leaves that folder behind, and ``gc`` removes it (and
+    leaves a running export's alone)."""
+    import signal
+    import subprocess
+    import sys
+
+    home, db = tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}"
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(b"\0" * 1024)
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from lora_hub import Hub\n"
+        "from lora_hub.export.run import linked_folder\n"
+        f"hub = Hub({str(home)!r}, database_url={db!r})\n"
+        f"with linked_folder({{'model.safetensors': Path({str(blob)!r})}}, Path({str(home)!r}) / 'export-sources',\n"
+        "                   hub._ctx.partials()) as folder:\n"
+        "    print(folder, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = Path(done.stdout.strip())
+    assert left.parent == home / "export-sources" and (left / "model.safetensors").is_file()
+
+    with Hub(home, database_url=db) as hub:
+        with export_run.linked_folder(
+            {"model.safetensors": blob}, home / "export-sources", hub._ctx.partials()
+        ) as live:
+            report = hub.gc()
+            assert live.is_dir()  # its writer (this process) is running
+        assert report.partials_removed == 1 and not left.exists()
+    assert blob.read_bytes() == b"\0" * 1024  # the links' source is untouched
