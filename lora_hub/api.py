@@ -14,11 +14,27 @@ merge: compat.check -> merge.plan -> merge.execute (stream tensors) -> writer ->
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lora_hub._context import Context
-from lora_hub.core import adapters, bases, combining, exporting, fits, lineage, maintenance, merging, ranking
+from lora_hub.catalog.tokens import CreatedToken, TokenInfo
+from lora_hub.core import (
+    adapters,
+    bases,
+    combining,
+    exporting,
+    fits,
+    lineage,
+    maintenance,
+    merging,
+    ranking,
+    tokens,
+    transfer,
+)
 from lora_hub.errors import NotSupportedError
 from lora_hub.progress import Progress
 from lora_hub.settings import Settings
@@ -29,7 +45,9 @@ from lora_hub.types import (
     CombineResult,
     CompatReport,
     DbStatus,
+    FileEntry,
     GcReport,
+    JobInfo,
     LineageNode,
     ListQuery,
     MergeRecord,
@@ -44,9 +62,11 @@ if TYPE_CHECKING:
     from lora_hub.core.pipeline import PipelineResult, PipelineSpec
     from lora_hub.export.exporter import ExporterInfo
     from lora_hub.export.run import ExportResult
+    from lora_hub.hubsync.types import HubExportResult, HubImportResult, HubSyncResult
+    from lora_hub.jobs.inprocess import InProcessWorker
     from lora_hub.rank.types import ExtractResult, RankAnalysis, ReduceResult
 
-__all__ = ["Hub", "HubAPI", "open_hub"]
+__all__ = ["CreatedToken", "Hub", "HubAPI", "ServingHub", "TokenInfo", "hub_sync", "open_hub"]
 
 # The result types of the capabilities whose packages load torch, importable from here without
 # loading it at ``import lora_hub.api`` (front ends name them only in annotations).
@@ -58,6 +78,9 @@ _LAZY_TYPES = {
     "ExtractResult": "lora_hub.rank.types",
     "RankAnalysis": "lora_hub.rank.types",
     "ReduceResult": "lora_hub.rank.types",
+    "HubImportResult": "lora_hub.hubsync.types",
+    "HubExportResult": "lora_hub.hubsync.types",
+    "HubSyncResult": "lora_hub.hubsync.types",
 }
 
 
@@ -109,6 +132,47 @@ class HubAPI(Protocol):
         dtype: str = "auto",
         shard_size: str | int = "5GB",
     ) -> PipelineSpec: ...
+
+    def submit_pipeline(
+        self,
+        pipeline: PipelineSpec | str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        recompute: bool = False,
+        force: bool = False,
+        overwrite: bool = False,
+    ) -> JobInfo: ...
+
+    def submit_export(
+        self,
+        model: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        format: str,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_batch: int | None = None,
+        max_seq: int | None = None,
+        opset: int | None = None,
+        with_cache: bool = False,
+        recompute: bool = False,
+        force: bool = False,
+        overwrite: bool = False,
+    ) -> JobInfo: ...
+
+    def job(self, job_id: str) -> JobInfo: ...
+
+    def jobs(self, *, state: str | None = None, limit: int = 50) -> list[JobInfo]: ...
+
+    def cancel_job(self, job_id: str) -> JobInfo: ...
+
+    def follow_job(
+        self, job_id: str, progress: Progress | None = None, *, timeout_s: float | None = None
+    ) -> JobInfo: ...
+
+    def job_result(self, job: JobInfo) -> PipelineResult | ExportResult: ...
+
+    def run_worker(self, *, queue: str | None = None, concurrency: int = 1, wait: bool = True) -> None: ...
 
     def push(
         self,
@@ -271,6 +335,31 @@ class HubAPI(Protocol):
 
     def upgrade_db(self) -> DbStatus: ...
 
+    def hub_import(
+        self,
+        repo: str,
+        name: str,
+        *,
+        base: str | None = None,
+        tags: Sequence[str] = (),
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: Progress | None = None,
+    ) -> HubImportResult: ...
+
+    def hub_export(
+        self,
+        ref: str,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool = False,
+        create: bool = False,
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: Progress | None = None,
+    ) -> HubExportResult: ...
+
 
 class Hub:
     """The registry on this machine. ``Hub()`` reads ``LORAHUB_*`` from the environment; arguments
@@ -352,6 +441,86 @@ class Hub:
 
         return pipelines.merge_spec(str(base), adapters, output, formats=formats, name=name, method=method,
                                     params=dict(params or {}), dtype=dtype, shard_size=shard_size)  # fmt: skip
+
+    # --- jobs (lora_hub.core.jobs; PostgreSQL catalogs) --------------------------------------------------
+
+    def submit_pipeline(
+        self,
+        pipeline: PipelineSpec | str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        recompute: bool = False,
+        force: bool = False,
+        overwrite: bool = False,
+    ) -> JobInfo:
+        """Hand a pipeline (or a plain merge: a pipeline without exports) to the workers, after
+        the checks ``run_pipeline`` makes first; an identical active request is joined."""
+        from lora_hub.core import jobs as job_core
+        from lora_hub.core import pipeline as pipelines
+
+        spec = pipeline if isinstance(pipeline, pipelines.PipelineSpec) else pipelines.load(pipeline)
+        request = job_core.JobRequest(kind="pipeline", pipeline=spec, device=device, recompute=recompute,
+                                      force=force, overwrite=overwrite)  # fmt: skip
+        return job_core.submit(self._ctx, request)
+
+    def submit_export(
+        self,
+        model: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        format: str,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_batch: int | None = None,
+        max_seq: int | None = None,
+        opset: int | None = None,
+        with_cache: bool = False,
+        recompute: bool = False,
+        force: bool = False,
+        overwrite: bool = False,
+    ) -> JobInfo:
+        """Hand an export (``export``'s arguments) to the workers."""
+        from lora_hub.core import jobs as job_core
+
+        export = job_core.ExportRequest(model=str(model), output=os.path.abspath(output), format=format, dtype=dtype,
+                                        device=device, max_batch=max_batch, max_seq=max_seq, opset=opset,
+                                        with_cache=with_cache)  # fmt: skip
+        request = job_core.JobRequest(kind="export", export=export, recompute=recompute, force=force,
+                                      overwrite=overwrite)  # fmt: skip
+        return job_core.submit(self._ctx, request)
+
+    def job(self, job_id: str) -> JobInfo:
+        return self._ctx.catalog.jobs.get(job_id)
+
+    def jobs(self, *, state: str | None = None, limit: int = 50) -> list[JobInfo]:
+        """Jobs, newest first."""
+        return self._ctx.catalog.jobs.recent(state=state, limit=limit)
+
+    def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a queued job; ask a running one to stop (at its next progress report)."""
+        from lora_hub.core import jobs as job_core
+
+        return job_core.cancel(self._ctx, job_id)
+
+    def follow_job(self, job_id: str, progress: Progress | None = None, *, timeout_s: float | None = None) -> JobInfo:
+        """Wait for the job, showing its progress; the job as it ended (or after ``timeout_s``)."""
+        from lora_hub.core import jobs as job_core
+
+        return job_core.follow(self._ctx, job_id, progress, timeout_s=timeout_s)
+
+    def job_result(self, job: JobInfo) -> PipelineResult | ExportResult:
+        """The result of a succeeded job as the local command returns it; for a failed or
+        cancelled one, raises the error the local command would have raised."""
+        from lora_hub.jobs.follow import result_of
+
+        return result_of(job)
+
+    def run_worker(self, *, queue: str | None = None, concurrency: int = 1, wait: bool = True) -> None:
+        """Run jobs of ``queue`` (default: gpu with CUDA, else cpu; both take auto-device jobs)
+        until stopped, or until none is left (``wait=False``)."""
+        from lora_hub.jobs import worker
+
+        worker.run_worker(self._ctx.settings, queues=worker.default_queues(queue), concurrency=concurrency, wait=wait)
 
     # --- adapters ------------------------------------------------------------------------------------
     def push(
@@ -709,16 +878,200 @@ class Hub:
         """Apply catalog migrations (also done on first use); return the catalog and its revision."""
         return maintenance.upgrade_db(self._ctx)
 
+    # --- the Hugging Face Hub ------------------------------------------------------------------------
+    def hub_import(
+        self,
+        repo: str,
+        name: str,
+        *,
+        base: str | None = None,
+        tags: Sequence[str] = (),
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: Progress | None = None,
+    ) -> HubImportResult:
+        """Import the PEFT adapter repo ``repo`` (``REPO_ID[@REVISION]``) as the next version of
+        ``name``, pinned to the commit the revision names, every byte checked against the Hub's
+        hashes, through ``push``'s validation; the same content again creates and fetches nothing
+        (``lora_hub.core.hubsync``). ``endpoint``/``token`` default to ``HF_ENDPOINT``/``HF_TOKEN``."""
+        from lora_hub.core import hubsync  # imports huggingface_hub: only when used
+
+        return hubsync.import_adapter(self._ctx, repo, name, base=base, tags=tags, endpoint=endpoint, token=token,
+                                      progress=progress)  # fmt: skip
+
+    def hub_export(
+        self,
+        ref: str,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool = False,
+        create: bool = False,
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: Progress | None = None,
+    ) -> HubExportResult:
+        """Export an adapter version or a registered (merged) base to the Hub repo ``repo_id`` in one
+        commit guarded by ``parent_commit``, with a generated model card; unchanged files are not
+        sent, and when nothing differs nothing is written (``lora_hub.core.hubsync``)."""
+        from lora_hub.core import hubsync
+
+        return hubsync.export(self._ctx, ref, repo_id, revision=revision, private=private, create=create,
+                              endpoint=endpoint, token=token, progress=progress)  # fmt: skip
+
+
+class ServingHub(Hub):
+    """The local ``Hub`` plus what ``lorahub serve`` needs and no client offers (so not part of
+    ``HubAPI``): API tokens, and content-addressed transfer (``lora_hub.core.transfer``)."""
+
+    def __enter__(self) -> ServingHub:
+        return self
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        super().close()
+
+    # --- jobs (lora_hub.core.jobs) ------------------------------------------------------------------
+
+    _worker: InProcessWorker | None = None
+
+    def _run_here(self) -> Callable[[str], None] | None:
+        """On SQLite the server runs jobs itself, in one thread (no queue, one machine)."""
+        if not self._ctx.catalog.db.is_sqlite:
+            return None
+        if self._worker is None:
+            from lora_hub.jobs.inprocess import InProcessWorker
+
+            self._worker = InProcessWorker(self._ctx)
+        return self._worker.put
+
+    def submit_request(self, request: Mapping[str, Any]) -> JobInfo:
+        """Submit a job request sent as JSON (``lora_hub.core.jobs.JobRequest``)."""
+        from pydantic import ValidationError
+
+        from lora_hub.core import jobs as job_core
+        from lora_hub.errors import InvalidArgumentError
+
+        try:
+            parsed = job_core.JobRequest.model_validate(dict(request))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidArgumentError(f"invalid job request: {where}: {first['msg']}") from None
+        return job_core.submit(self._ctx, parsed, run_here=self._run_here())
+
+    def resume_jobs(self) -> int:
+        """On SQLite, run again the jobs a stopped server left queued or running; how many."""
+        run_here = self._run_here()
+        if run_here is None or self._worker is None:
+            return 0
+        return self._worker.resume()
+
+    def token_create(
+        self, scope: str, namespace: str, *, expires: str | timedelta | None = None, label: str | None = None
+    ) -> CreatedToken:
+        """A new API token with ``scope`` (read, write, admin) over the namespace pattern; its secret
+        is in the result only (the catalog keeps its sha256). ``expires``: a duration (``30d``)."""
+        return tokens.create(self._ctx, scope, namespace, expires=expires, label=label)
+
+    def token_list(self) -> list[TokenInfo]:
+        return tokens.list_tokens(self._ctx)
+
+    def token_revoke(self, token_id: str) -> TokenInfo:
+        """Revoke a token: every server refuses it from its next request on."""
+        return tokens.revoke(self._ctx, token_id)
+
+    def authenticate(self, secret: str) -> TokenInfo | None:
+        """The token whose secret this is (in any state), or None."""
+        return tokens.authenticate(self._ctx, secret)
+
+    def blob_size(self, digest: str) -> int | None:
+        """The size of a stored blob, or None when it is not stored."""
+        return transfer.blob_size(self._ctx, digest)
+
+    def blob_file(self, digest: str) -> AbstractContextManager[Path]:
+        """A local file holding the stored blob (``NotFoundError`` if not stored)."""
+        return transfer.blob_file(self._ctx, digest)
+
+    def namespace_uses_blob(self, namespace: str, digest: str) -> bool:
+        return transfer.namespace_uses_blob(self._ctx, namespace, digest)
+
+    def upload_file(self) -> AbstractContextManager[Path]:
+        """A staging file name for an incoming upload, removed on exit."""
+        return transfer.upload_file(self._ctx)
+
+    def clean_uploads(self) -> int:
+        """Remove staged uploads left by a server that was killed; how many."""
+        return transfer.clean_uploads(self._ctx)
+
+    def store_blob(self, src: str | os.PathLike[str], digest: str) -> int:
+        """Store the file ``src`` as blob ``digest``; the bytes written. A staged upload of this
+        process (``upload_file``), hashed by the server as it arrived, is adopted by hard link;
+        any other file is copied and hashed again (``lora_hub.core.transfer``)."""
+        return transfer.store_blob(self._ctx, Path(src), digest)
+
+    def commit_manifest(
+        self,
+        name: str,
+        files: Sequence[FileEntry],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        tags: Sequence[str] = (),
+        description: str | None = None,
+        base: str | None = None,
+        source: str | None = None,
+    ) -> PushResult:
+        """Push the version of ``name`` made of already-stored blobs (``lora_hub.core.transfer``):
+        ``MissingBlobsError`` lists the blobs to upload first. ``source`` names the folder in
+        error messages (the client's folder)."""
+        return transfer.commit_manifest(
+            self._ctx, name, files, metrics=metrics, tags=tags, description=description, base=base, source=source
+        )
+
+    def validate_stored(self, ref: str, base: str) -> CompatReport:
+        """``validate`` for a stored adapter version and a registered base only (no folders)."""
+        return transfer.validate_stored(self._ctx, ref, base)
+
+
+def hub_sync(
+    hub: Hub,
+    namespace: str,
+    org: str,
+    *,
+    pull: bool = False,
+    dry_run: bool = False,
+    private: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+    progress: Progress | None = None,
+) -> HubSyncResult:
+    """Mirror the namespace ``namespace`` of the local ``hub`` to the Hub organisation ``org`` (the
+    latest version of each adapter to ``ORG/NAME``), or with ``pull`` import ``ORG``'s adapter repos
+    into it; the plan is made from reads alone, and ``dry_run`` returns it
+    (``lora_hub.core.hubsync.sync``). A function rather than a ``Hub`` method for now: it runs on
+    the local catalog only, and is not part of ``HubAPI`` (which the remote client implements)."""
+    from lora_hub.core import hubsync
+
+    return hubsync.sync(hub._ctx, namespace, org, pull=pull, dry_run=dry_run, private=private,
+                        endpoint=endpoint, token=token, progress=progress)  # fmt: skip
+
 
 def open_hub(settings: Settings | None = None) -> HubAPI:
     """The ``HubAPI`` for ``settings`` (default: from the environment): the local ``Hub``, or,
-    with ``LORAHUB_URL`` set, a client of that server (which is not built yet: refused)."""
+    with ``LORAHUB_URL`` set, a ``lora_hub.remote.RemoteHub`` talking to that server (token from
+    ``LORAHUB_TOKEN``, else the token file ``lorahub login`` wrote)."""
     settings = settings or Settings.from_env()
     if settings.server_url:
-        raise NotSupportedError(
-            f"LORAHUB_URL is set ({settings.server_url}), but talking to a lorahub server is not built yet",
-            hint="unset LORAHUB_URL to use the local catalog",
-        )
+        try:
+            from lora_hub.remote import RemoteHub  # httpx: only for a remote hub
+        except ImportError as exc:
+            raise NotSupportedError(
+                f"LORAHUB_URL is set ({settings.server_url}), but the remote client needs httpx ({exc.name})",
+                hint="pip install 'lora-hub[service]', or unset LORAHUB_URL to use the local catalog",
+            ) from None
+        return RemoteHub(settings)
     return Hub(settings=settings)
 
 

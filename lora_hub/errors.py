@@ -16,6 +16,15 @@ DestinationExistsError     2     409   an output that may not be replaced as ask
 ConflictError              2     409   a change that conflicts with the catalog
 IntegrityError, MergeError 3     500   stored bytes that do not match, a merge that failed its check
 NotSupportedError          2     501   a feature this installation does not offer
+UnauthorizedError          2     401   no usable token for a lorahub server (sent with WWW-Authenticate)
+PermissionDeniedError      2     403   a token that may read a namespace but not change it
+BodyTooLargeError          2     413   an upload over the server's limit
+DigestMismatchError        2     400   uploaded bytes that do not match their digest (nothing stored)
+MissingBlobsError          2     409   a manifest naming blobs the server does not hold
+ServerError                3     502   a lorahub server that cannot be reached or read
+HubError, HubAuthError     2     502   the Hugging Face Hub: unreachable, offline mode, 429; 401/403
+HubNotFoundError           2     404   a Hub repo, revision or file that does not exist (or is hidden)
+HubConflictError           2     409   a Hub branch that kept moving during an export (412 every try)
 =========================  ====  ====  ============================================================
 """
 
@@ -225,3 +234,107 @@ class ExportError(LoraHubError, RuntimeError):
     exit_code = 3
     http_status = 500
     code = "export"
+
+
+# --- the service and its clients ------------------------------------------------------------
+
+
+class UnauthorizedError(LoraHubError, PermissionError):
+    """A request to a lorahub server without a usable token (none, unknown, expired or revoked)."""
+
+    http_status = 401
+    code = "unauthorized"
+
+
+class PermissionDeniedError(LoraHubError, PermissionError):
+    """A token that may read a namespace but not do what was asked there (write, admin)."""
+
+    http_status = 403
+    code = "denied"
+
+
+class BodyTooLargeError(LoraHubError, ValueError):
+    """An upload larger than the server accepts (``LORAHUB_MAX_UPLOAD_BYTES``)."""
+
+    http_status = 413
+    code = "size_invalid"
+
+
+class DigestMismatchError(LoraHubError, ValueError):
+    """Uploaded bytes that do not hash to the digest they were sent as: nothing was stored."""
+
+    http_status = 400
+    code = "digest_invalid"
+
+
+class MissingBlobsError(ConflictError):
+    """A manifest naming blobs the store does not hold; ``missing`` lists their digests."""
+
+    code = "manifest_blob_unknown"
+
+    def __init__(self, message: str, *, missing: Sequence[str] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.missing = list(missing)
+
+
+class ServerError(LoraHubError, ConnectionError):
+    """A lorahub server that cannot be reached, or that answered something this client cannot read."""
+
+    exit_code = 3
+    http_status = 502
+    code = "server"
+
+
+# --- the Hugging Face Hub ------------------------------------------------------------------------
+
+
+class HubError(LoraHubError, OSError):
+    """The Hugging Face Hub refused or failed a request (``lora_hub.hubsync``): unreachable,
+    offline mode, rate limited, or an answer lora-hub cannot use."""
+
+    http_status = 502
+    code = "hub"
+
+
+class HubAuthError(HubError, PermissionError):
+    """The Hub answered 401 or 403: no token, a token it does not accept, or one that may not write there."""
+
+    code = "hub_auth"
+
+
+class HubNotFoundError(NotFoundError):
+    """A repository, revision or file that the Hub does not have (or, for a private repository,
+    does not show to this token)."""
+
+    code = "hub_not_found"
+
+
+class HubConflictError(ConflictError):
+    """The branch kept moving while an export tried to commit on top of it (412 after every retry)."""
+
+    code = "hub_conflict"
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+
+class JobNotFoundError(NotFoundError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}", hint="run `lorahub jobs list` to see the jobs")
+        self.job_id = job_id
+
+
+class JobCancelledError(LoraHubError, RuntimeError):
+    """The job was cancelled while it ran; nothing it was writing was kept."""
+
+    exit_code = 130
+    http_status = 409
+    code = "cancelled"
+
+
+class JobFailedError(LoraHubError, RuntimeError):
+    """A job failed on its worker for a reason that is not one of lora-hub's own errors."""
+
+    exit_code = 3
+    http_status = 500
+    code = "job_failed"

@@ -5,15 +5,28 @@
 | ``LORAHUB_HOME``        | ``~/.lorahub``                       | home folder (catalog, blobs)     |
 | ``LORAHUB_DATABASE_URL``| ``sqlite:///$LORAHUB_HOME/catalog.db`` | SQLAlchemy URL of the catalog  |
 | ``LORAHUB_STORE_URL``   | ``file://$LORAHUB_HOME/blobs``       | where blobs live                 |
-| ``LORAHUB_URL``         | unset                                | reserved for a lora-hub server;  |
-|                         |                                      | not supported yet (an error)     |
-| ``LORAHUB_TOKEN``       | unset                                | reserved, with ``LORAHUB_URL``   |
+| ``LORAHUB_URL``         | unset                                | a lorahub server: every command  |
+|                         |                                      | talks to it (``lora_hub.remote``)|
+| ``LORAHUB_TOKEN``       | unset                                | bearer token for ``LORAHUB_URL`` |
+| ``LORAHUB_TOKEN_FILE``  | ``$LORAHUB_HOME/tokens.json``        | tokens saved by ``lorahub login``|
+| ``LORAHUB_ANONYMOUS_READ``| ``0``                              | server: ``1`` lets requests      |
+|                         |                                      | without a token read (pull/list) |
+| ``LORAHUB_MAX_UPLOAD_BYTES``| ``21474836480`` (20 GiB)         | server: largest blob accepted    |
 | ``LORAHUB_DEBUG``       | unset                                | ``1``: the CLI shows tracebacks  |
 | ``LORAHUB_PROGRESS``    | unset                                | ``1``: progress as plain lines   |
 |                         |                                      | when stderr is not a terminal    |
 | ``LORAHUB_DIRECT_IO``   | ``1``                                | ``0``: merges write through the  |
 |                         |                                      | page cache (see ``merge.writer``)|
 | ``LORAHUB_TORCH_THREADS``| cores - 1 (at least 1)              | torch threads of a CPU merge     |
+| ``LORAHUB_WORKER_HEARTBEAT_S``| ``10``                         | ``lorahub worker``: heartbeat;   |
+|                         |                                      | silent 3 beats = dead, its jobs  |
+|                         |                                      | retried (``lora_hub.jobs.queue``)|
+
+With ``LORAHUB_STORE_URL=s3://bucket/prefix`` (``lora_hub.store.s3``), the endpoint, region and
+credentials are the standard AWS variables, read by boto3: ``AWS_ENDPOINT_URL``, ``AWS_REGION``
+(or ``AWS_DEFAULT_REGION``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_PROFILE``, and ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION``
+(lora-hub sets both to ``when_required`` itself, which S3-compatible servers need).
 """
 
 from __future__ import annotations
@@ -34,6 +47,9 @@ class Settings:
     token: str | None = None
     direct_io: bool = True
     torch_threads: int | None = None
+    token_file: Path | None = None
+    anonymous_read: bool = False
+    max_upload_bytes: int = 20 << 30
 
     @classmethod
     def from_env(
@@ -59,6 +75,9 @@ class Settings:
             token=env.get("LORAHUB_TOKEN") or None,
             direct_io=env.get("LORAHUB_DIRECT_IO", "1").lower() not in ("0", "false", "no"),
             torch_threads=_positive_int(env, "LORAHUB_TORCH_THREADS"),
+            token_file=Path(env.get("LORAHUB_TOKEN_FILE") or home_path / "tokens.json").expanduser().absolute(),
+            anonymous_read=env.get("LORAHUB_ANONYMOUS_READ", "0").lower() in ("1", "true", "yes"),
+            max_upload_bytes=_positive_int(env, "LORAHUB_MAX_UPLOAD_BYTES") or 20 << 30,
         )
 
 

@@ -415,3 +415,42 @@ class LineageNode(_Model):
     path: str | None = None
     how: str | None = Field(default=None, description="how it was made from its parent (method, weight, format)")
     children: list[LineageNode] = Field(default_factory=list)
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_DONE: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+
+
+class JobLogLine(_Model):
+    at: datetime
+    message: str
+
+
+class JobInfo(_Model):
+    """A job: a merge, export or pipeline run by a worker. ``result`` is the local command's
+    result (a ``PipelineResult`` or ``ExportResult`` as JSON) once it succeeded; ``error`` is
+    the error the local command would have raised (``{"code", "message", "hint"}``)."""
+
+    id: str
+    kind: Literal["pipeline", "export"]
+    queue: str = Field(description="cpu or gpu: the workers that may take it")
+    state: JobState
+    request: dict[str, Any]
+    dedup_key: str = Field(description="sha256 of the request: identical requests while one is active share it")
+    progress: dict[str, Any] | None = Field(default=None, description="{step, done, total, unit} of the running step")
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    log: list[JobLogLine] = Field(default_factory=list)
+    cancel_requested: bool = False
+    attempts: int = 0
+    worker: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    joined: bool = Field(default=False, description="true when the submission joined an identical active job")
+
+    @property
+    def done(self) -> bool:
+        return self.state in JOB_DONE

@@ -25,12 +25,20 @@ def run_migrations_online() -> None:
         conn.commit()
 
 
+def _ours(name, type_, parents) -> bool:  # type: ignore[no-untyped-def]
+    """procrastinate's tables (the jobs queue, on PostgreSQL) are its schema, not our models:
+    autogenerate must not propose dropping them."""
+    table = name if type_ == "table" else parents.get("table_name")
+    return not (table or "").startswith("procrastinate_")
+
+
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=_ours,
     )
     with context.begin_transaction():
         context.run_migrations()

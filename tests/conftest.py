@@ -20,6 +20,9 @@ from sqlalchemy.engine import make_url
 
 from lora_hub import Hub
 
+# the loopback Hugging Face Hub (``hf_hub``); pytest takes plugins from the top-level conftest only
+pytest_plugins = ["tests.hubsim.fixtures"]
+
 PG_URL = os.environ.get("LORAHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("LORAHUB_REQUIRE_POSTGRES", "") == "1"
 

@@ -327,15 +327,14 @@ def test_hub_and_hubapi_list_the_same_methods_with_the_same_signatures() -> None
         ], name
 
 
-def test_open_hub_refuses_a_server_url_until_there_is_a_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_hub_picks_the_remote_client_for_a_server_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lora_hub import open_hub
-    from lora_hub.errors import NotSupportedError
+    from lora_hub.remote import RemoteHub
     from lora_hub.settings import Settings
 
     monkeypatch.setenv("LORAHUB_HOME", str(tmp_path / "home"))
     with open_hub() as hub:
         assert isinstance(hub, Hub)
     monkeypatch.setenv("LORAHUB_URL", "http://127.0.0.1:9")
-    with pytest.raises(NotSupportedError, match="LORAHUB_URL") as info:
-        open_hub(Settings.from_env())
-    assert info.value.http_status == 501 and info.value.exit_code == 2
+    with open_hub(Settings.from_env()) as remote:
+        assert isinstance(remote, RemoteHub) and remote.url == "http://127.0.0.1:9"

@@ -5,7 +5,9 @@
     catalog.hashes     the tensor-hash cache of weight files (``bases.py``)
     catalog.merges     merges by recipe (``merges.py``)
     catalog.exports    exports by key (``exports.py``)
+    catalog.jobs       jobs run by workers: state, progress, result (``jobs.py``)
     catalog.leases     store leases: pushes and gc exclude each other (``leases.py``)
+    catalog.tokens     API tokens of ``lorahub serve``, stored as hashes (``tokens.py``)
 
 Every public method of a repository is one managed session and returns domain types
 (``lora_hub.types``); ORM rows never leave the package.
@@ -21,9 +23,11 @@ from lora_hub.catalog.adapters import Adapters
 from lora_hub.catalog.bases import Bases, HashCache
 from lora_hub.catalog.db import Database
 from lora_hub.catalog.exports import Exports
+from lora_hub.catalog.jobs import Jobs
 from lora_hub.catalog.leases import Leases
 from lora_hub.catalog.merges import Merges
 from lora_hub.catalog.tables import AdapterRow, BaseRow, VersionFileRow, VersionRow
+from lora_hub.catalog.tokens import Tokens
 
 
 class Catalog:
@@ -34,7 +38,9 @@ class Catalog:
         self.hashes = HashCache(self.db)
         self.merges = Merges(self.db)
         self.exports = Exports(self.db)
+        self.jobs = Jobs(self.db)
         self.leases = Leases(self.db)
+        self.tokens = Tokens(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -74,3 +80,16 @@ class Catalog:
                         users[f["digest"]].append(f"base {base_name}")
                         sizes[f["digest"]] = f["size"]
         return dict(users), sizes
+
+    def namespace_uses_blob(self, namespace: str, digest: str) -> bool:
+        """Whether a version in ``namespace`` refers to the blob (what a server lets a reader of
+        that namespace download)."""
+        with self.db.session() as s:
+            hit = s.execute(
+                select(VersionFileRow.digest)
+                .join(VersionRow, VersionFileRow.version_id == VersionRow.id)
+                .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
+                .where(VersionFileRow.digest == digest, AdapterRow.namespace == namespace)
+                .limit(1)
+            ).first()
+            return hit is not None

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from lora_hub.errors import CatalogError, LoraHubError, SettingsError
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0009"
 BUSY_TIMEOUT_S = 60
 _PG_LOCK_KEY = 0x10_2A_4B_00  # advisory lock id for migrations
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
@@ -213,3 +214,53 @@ class ExportRow(Base):
     output_path: Mapped[str] = mapped_column(Text, nullable=False)
     record: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class TokenRow(Base):
+    """An API token of ``lorahub serve``: only the sha256 of its secret is kept, so the secret
+    is shown once, when created. ``namespace`` is a pattern (``*``, ``acme``, ``acme-*``)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(DIGEST, nullable=False, unique=True)
+    scope: Mapped[str] = mapped_column(String(8), nullable=False)
+    namespace: Mapped[str] = mapped_column(FULL_NAME, nullable=False)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobRow(Base):
+    """A merge, export or pipeline run by a worker (``lora_hub.core.jobs``): the request, its
+    state, progress, result or error, and a log. On PostgreSQL ``queue_job_id`` is its job in
+    procrastinate's queue, deferred in the same transaction as this row."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # one active job per request: a second identical submission joins the first
+        Index(
+            "ux_jobs_active_dedup",
+            "dedup_key",
+            unique=True,
+            sqlite_where=text("state IN ('queued', 'running')"),
+            postgresql_where=text("state IN ('queued', 'running')"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    queue: Mapped[str] = mapped_column(String(16), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    dedup_key: Mapped[str] = mapped_column(DIGEST, nullable=False)
+    queue_job_id: Mapped[int | None] = mapped_column(BigInteger)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

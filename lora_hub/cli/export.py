@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -19,6 +19,7 @@ from lora_hub.cli._common import (
     print_json,
     say,
 )
+from lora_hub.cli.jobs import DetachOpt, SubmitOpt, submitted
 from lora_hub.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ def export(
     list_formats: Annotated[
         bool, typer.Option("--list-formats", help="List the formats and whether they work here, then exit.")
     ] = False,
+    submit: SubmitOpt = False,
+    detach: DetachOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Export a model for deployment; the artifact is run back and checked against the eager model.
@@ -92,21 +95,18 @@ def export(
         raise InvalidArgumentError(
             f"missing {', '.join(missing)}", hint="e.g. lorahub export MODEL --format onnx -o DIR (see --help)"
         )
-    result = hub().export(
-        model,
-        output,
-        format,
-        dtype=dtype,
-        device=device,
-        max_batch=max_batch,
-        max_seq=max_seq,
-        opset=opset,
-        with_cache=with_cache,
-        recompute=recompute,
-        force=force,
-        overwrite=overwrite,
-        progress=RichProgress(not json),
-    )
+    if submit or detach:
+        job = hub().submit_export(model, output, format, dtype=dtype, device=device, max_batch=max_batch,
+                                  max_seq=max_seq, opset=opset, with_cache=with_cache, recompute=recompute,
+                                  force=force, overwrite=overwrite)  # fmt: skip
+        done = submitted(job, detach=detach, json=json)
+        if done is None:
+            return
+        result = cast("ExportResult", done)
+    else:
+        result = hub().export(model, output, format, dtype=dtype, device=device, max_batch=max_batch,
+                              max_seq=max_seq, opset=opset, with_cache=with_cache, recompute=recompute, force=force,
+                              overwrite=overwrite, progress=RichProgress(not json))  # fmt: skip
     if json:
         print_json(result)
         return

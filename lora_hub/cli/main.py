@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lora_hub._version import __version__
-from lora_hub.cli import adapters, admin, bases, export, lineage, merge, metrics, pipeline, rank
+from lora_hub.cli import adapters, admin, bases, export, hub, jobs, lineage, merge, metrics, pipeline, rank, service
 
 app = typer.Typer(
     name="lorahub",
@@ -50,11 +50,17 @@ app.command("lineage")(lineage.lineage)
 app.command("run")(pipeline.run)
 app.command("export")(export.export)
 app.command("exporters")(export.exporters)
+app.add_typer(jobs.app, name="jobs")
+app.command("worker")(jobs.worker)
 app.add_typer(bases.app, name="base")
+app.add_typer(hub.app, name="hub")
 app.add_typer(metrics.app, name="metrics")
 app.command("gc")(admin.gc)
 app.command("verify")(admin.verify)
 app.add_typer(admin.db_app, name="db")
+app.command("serve")(service.serve)
+app.add_typer(service.token_app, name="token")
+app.command("login")(service.login)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -20,6 +20,7 @@ from lora_hub.cli._common import (
     say,
 )
 from lora_hub.cli.export import print_export
+from lora_hub.cli.jobs import DetachOpt, SubmitOpt, submitted
 from lora_hub.errors import InvalidArgumentError
 from lora_hub.types import MergeResult
 
@@ -102,6 +103,8 @@ def merge(
     ] = [],  # noqa: B006
     force: ForceOpt = False,
     overwrite: OverwriteOpt = False,
+    submit: SubmitOpt = False,
+    detach: DetachOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Merge adapters into a base: W' = W + sum_i w_i * s_i * B_i @ A_i, streamed and verified.
@@ -116,8 +119,19 @@ def merge(
     params = method_params(density, seed, majority_sign, lambda_, param)
     progress = RichProgress(not json)
     pipeline: PipelineResult | None = None
-    if export:
-        formats = [f.strip() for item in export for f in item.split(",") if f.strip()]
+    formats = [f.strip() for item in export for f in item.split(",") if f.strip()]
+    if submit or detach:  # a worker runs it as a pipeline (without exports for a plain merge)
+        spec = hub().merge_pipeline(base, adapters, output, formats=formats, name=name, method=method,
+                                    params=params, dtype=dtype, shard_size=shard_size)  # fmt: skip
+        job = hub().submit_pipeline(spec, device=device, recompute=recompute, force=force, overwrite=overwrite)
+        done = submitted(job, detach=detach, json=json)
+        if done is None:
+            return
+        pipeline = cast("PipelineResult", done)
+        result = pipeline.merge
+        if not formats:
+            pipeline = None
+    elif export:
         spec = hub().merge_pipeline(base, adapters, output, formats=formats, name=name, method=method,
                                     params=params, dtype=dtype, shard_size=shard_size)  # fmt: skip
         pipeline = hub().run_pipeline(spec, device=device, recompute=recompute, force=force, overwrite=overwrite,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from lora_hub.cli._common import ForceOpt, JsonOpt, OverwriteOpt, RichProgress, handle_errors, hub, print_json, say
 from lora_hub.cli.export import print_export
+from lora_hub.cli.hub import print_hub_export
+from lora_hub.cli.jobs import DetachOpt, SubmitOpt, submitted
 from lora_hub.cli.merge import print_merge
+
+if TYPE_CHECKING:
+    from lora_hub.api import PipelineResult
 
 
 @handle_errors
@@ -23,6 +28,8 @@ def run(
     ] = False,
     force: ForceOpt = False,
     overwrite: OverwriteOpt = False,
+    submit: SubmitOpt = False,
+    detach: DetachOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Run a pipeline: one merge, then an export of the merged model per format. Each step is
@@ -44,20 +51,29 @@ def run(
       exports:
         - format: onnx                  # output default: <output>-<format>
         - {format: torch-export, with_cache: true, max_seq: 256, output: ./merged-pt2}
+      push: {repo_id: acme/llama-sql-chat, create: true}   # then to the HF Hub (needs name)
 
     \b
     Examples:
       lorahub run merge.yaml
       lorahub run merge.yaml --recompute --force
     """
-    result = hub().run_pipeline(
-        pipeline, device=device, recompute=recompute, force=force, overwrite=overwrite, progress=RichProgress(not json)
-    )
+    if submit or detach:
+        job = hub().submit_pipeline(pipeline, device=device, recompute=recompute, force=force, overwrite=overwrite)
+        done = submitted(job, detach=detach, json=json)
+        if done is None:
+            return
+        result = cast("PipelineResult", done)
+    else:
+        result = hub().run_pipeline(pipeline, device=device, recompute=recompute, force=force, overwrite=overwrite,
+                                    progress=RichProgress(not json))  # fmt: skip
     if json:
         print_json(result)
         return
     print_merge(result.merge)
     for exported in result.exports:
         print_export(result.merge.registered or result.merge.path, exported)
+    if result.pushed is not None:
+        print_hub_export(result.pushed)
     if not result.work_done:
         say("nothing to do: every step was served from its record (--recompute does them again)")

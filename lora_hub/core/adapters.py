@@ -22,11 +22,12 @@ from lora_hub.core.common import (
 )
 from lora_hub.errors import (
     IncompatibleError,
+    IntegrityError,
     InvalidArgumentError,
 )
 from lora_hub.formats.peft import check_finite_tensors, read_adapter_dir
 from lora_hub.formats.safetensors_file import nonfinite_tensors
-from lora_hub.hashing import hash_bytes, hash_file
+from lora_hub.hashing import hash_bytes, hash_file, parse_digest
 from lora_hub.progress import NoProgress, Progress
 from lora_hub.refs import AdapterName, Ref, check_tag
 from lora_hub.types import (
@@ -54,6 +55,7 @@ def push(
     base: str | None = None,
     lineage: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    verified: Mapping[str, tuple[str, int]] | None = None,
 ) -> PushResult:
     """Validate the PEFT folder at ``path`` and store it as the next version of ``name``.
 
@@ -61,6 +63,13 @@ def push(
     recorded as the base the adapter was trained on; an incompatible adapter is refused with
     every problem listed. Content identical to an existing version of ``name`` returns that
     version and writes nothing. The version becomes visible only once every blob is durable.
+
+    ``verified`` is for lora-hub's own callers only (a Hub import, a server's commit): files of
+    the folder, by relative path, whose (sha256, size) lora-hub computed itself in this process
+    over the bytes it wrote there. They are not hashed again, and they are handed to the store
+    (``BlobStore.adopt_file``: linked into place, not copied), so they are gone from the folder
+    afterwards. Every file is still validated in full (config, safetensors headers, NaN/Inf scan).
+    A digest a client or a remote sent must never be passed here.
     """
     progress = progress or NoProgress()
     adapter_name = AdapterName.parse(name)
@@ -68,15 +77,18 @@ def push(
     metric_map = check_metrics(metrics or {})
     description = check_description(description)
     adapter = read_adapter_dir(path, check_finite=False)
-    total = sum(p.stat().st_size for p in adapter.files.values())
+    known = _check_verified(adapter.files, verified or {})
+    to_hash = {rel: p for rel, p in adapter.files.items() if rel not in known}
 
     # The NaN/Inf scan and the hashing read the same bytes; run them side by side.
-    with progress.task("checking", total) as advance, ThreadPoolExecutor(2) as pool:
+    with (
+        progress.task("checking", sum(p.stat().st_size for p in to_hash.values())) as advance,
+        ThreadPoolExecutor(2) as pool,
+    ):
         scan = pool.submit(nonfinite_tensors, adapter.header)
-        entries = [
-            FileEntry(path=rel, digest=d, size=n)
-            for rel, (d, n) in ((rel, hash_file(p, advance)) for rel, p in adapter.files.items())
-        ]
+        hashed = {rel: hash_file(p, advance) for rel, p in to_hash.items()}
+        sums = {**hashed, **known}
+        entries = [FileEntry(path=rel, digest=sums[rel][0], size=sums[rel][1]) for rel in adapter.files]
         bad = scan.result()
     check_finite_tensors(adapter.header, bad)
     base_info: BaseModelInfo | None = None
@@ -116,7 +128,11 @@ def push(
         check_space(ctx.store, sum(e.size for e in missing))
         with progress.task("storing", sum(e.size for e in entries)) as advance:
             for entry in entries:
-                n = ctx.store.put_file(adapter.files[entry.path], entry.digest, advance, repair=True)
+                src = adapter.files[entry.path]
+                if entry.path in known:
+                    n = ctx.store.adopt_file(src, entry.digest, entry.size, advance, repair=True)
+                else:
+                    n = ctx.store.put_file(src, entry.digest, advance, repair=True)
                 written += n
                 if n and entry in present:
                     repaired.append(entry.path)
@@ -147,6 +163,24 @@ def push(
     if created:
         fits.record_fits_for_signature(ctx, signature, version, model_type)
     return PushResult(version=version, created=created, bytes_written=written, repaired=repaired, warnings=warnings)
+
+
+def _check_verified(files: Mapping[str, Path], verified: Mapping[str, tuple[str, int]]) -> dict[str, tuple[str, int]]:
+    """``push``'s ``verified``, checked against the folder as read: each path is one of its files
+    (a plain file, as ``read_adapter_dir`` allows), with the size that was hashed."""
+    out = {}
+    for rel, (digest, size) in verified.items():
+        parse_digest(digest)
+        if rel not in files:
+            raise InvalidArgumentError(f"{rel!r} was given as verified but is not a file of the adapter's folder")
+        found = files[rel].stat().st_size
+        if found != size:
+            raise IntegrityError(
+                f"{files[rel]} changed after it was hashed ({found:,} bytes, {size:,} when hashed); nothing was stored",
+                hint="run the command again",
+            )
+        out[rel] = (digest, size)
+    return out
 
 
 def apply_to_existing(

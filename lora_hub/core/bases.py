@@ -41,9 +41,15 @@ def add(
 
     The weights stay where they are unless ``store``, which also copies every file into the
     blob store. Tensor hashes are cached by (path, size, mtime, ctime, inode): re-adding an
-    unchanged folder reads no weights.
+    unchanged folder reads no weights. ``hf://REPO_ID[@REVISION]`` downloads the model from the
+    Hugging Face Hub first, pinned and verified (``lora_hub.core.hubsync.add_base``).
     """
     progress = progress or NoProgress()
+    if str(path).startswith("hf:/"):
+        from lora_hub.core import hubsync  # imports huggingface_hub: only when used
+
+        if hubsync.is_hub_spec(str(path)):
+            return hubsync.add_base(ctx, str(path), name, store=store, progress=progress)
     name = str(AdapterName.parse(name))
     model = read_model_dir(path)
     with progress.task("hashing", model.weight_bytes) as advance:

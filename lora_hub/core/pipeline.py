@@ -40,6 +40,7 @@ from lora_hub.core.common import input_folders, is_base_name, split_weight
 from lora_hub.errors import ExportError, InvalidArgumentError, LoraHubError
 from lora_hub.export.plan import ModelFacts
 from lora_hub.export.run import ExportResult, inspect_model
+from lora_hub.hubsync.types import HubExportResult
 from lora_hub.progress import Progress
 from lora_hub.types import MergeResult
 
@@ -81,6 +82,15 @@ class ExportSpec(_Spec):
     with_cache: bool = False
 
 
+class PushSpec(_Spec):
+    """Where the merged model goes on the Hugging Face Hub (``lorahub hub export``'s arguments)."""
+
+    repo_id: str = Field(description="the Hub model repo, ORG/NAME")
+    revision: str | None = Field(default=None, description="the branch (default main)")
+    private: bool = False
+    create: bool = Field(default=False, description="create the repo (and the branch) if missing")
+
+
 class PipelineSpec(_Spec):
     """One merge and its exports, as data (``lorahub run`` reads it from YAML)."""
 
@@ -93,6 +103,13 @@ class PipelineSpec(_Spec):
     output: str
     name: str | None = None
     exports: list[ExportSpec] = Field(default_factory=list)
+    push: PushSpec | None = Field(default=None, description="then export the merged model to the Hub (needs name)")
+
+    @model_validator(mode="after")
+    def _push_needs_a_name(self) -> PipelineSpec:
+        if self.push is not None and not self.name:
+            raise ValueError("`push:` exports the registered merged model: give it a `name:` too")
+        return self
 
 
 class PipelineResult(BaseModel):
@@ -100,11 +117,13 @@ class PipelineResult(BaseModel):
 
     merge: MergeResult
     exports: list[ExportResult] = Field(default_factory=list)
+    pushed: HubExportResult | None = Field(default=None, description="the Hub export of `push:`")
 
     @computed_field(description="false when every step was served from its record")  # type: ignore[prop-decorator]
     @property
     def work_done(self) -> bool:
-        return not self.merge.reused or any(not e.reused for e in self.exports)
+        pushed = self.pushed is not None and self.pushed.created_commit
+        return not self.merge.reused or any(not e.reused for e in self.exports) or pushed
 
 
 def load(path: str | os.PathLike[str]) -> PipelineSpec:
@@ -214,7 +233,14 @@ def run(
         )
         for e, out in zip(spec.exports, outputs, strict=True)
     ]
-    return PipelineResult(merge=merged, exports=exports)
+    pushed = None
+    if spec.push is not None and merged.registered:
+        from lora_hub.core import hubsync
+
+        p = spec.push
+        pushed = hubsync.export(ctx, merged.registered, p.repo_id, revision=p.revision, private=p.private,
+                                create=p.create, progress=progress)  # fmt: skip
+    return PipelineResult(merge=merged, exports=exports, pushed=pushed)
 
 
 def check(ctx: Context, spec: PipelineSpec) -> list[str]:

@@ -13,11 +13,16 @@ __all__ = ["BlobStore", "LocalStore", "open_store"]
 
 
 def open_store(url: str) -> BlobStore:
-    """``file:///path`` or a plain path: a local folder. Other schemes are not built yet."""
+    """``file:///path`` or a plain path: a local folder; ``s3://bucket/prefix``: an S3-compatible
+    bucket (``lora_hub.store.s3``)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalStore(Path(unquote(parsed.path if parsed.scheme else url)))
+    if parsed.scheme == "s3":
+        from lora_hub.store.s3 import S3Store  # boto3 is imported on first use
+
+        return S3Store(url)
     raise StoreError(
         f"unsupported store URL scheme {parsed.scheme!r} in {url!r}",
-        hint="use file:///path (S3-compatible stores are planned, not built)",
+        hint="use file:///path or s3://bucket/prefix",
     )

@@ -15,8 +15,8 @@ BlobState = Literal["ok", "missing", "corrupted"]
 class BlobStore(Protocol):
     """Immutable blobs addressed by ``sha256:<hex>``.
 
-    ``put_file`` makes a blob visible only once its bytes are durable and match the digest, and
-    never overwrites a sound one. ``copy_out`` checks the digest as it reads.
+    ``put_file`` and ``adopt_file`` make a blob visible only once its bytes are durable and match
+    the digest, and never overwrite a sound one. ``copy_out`` checks the digest as it reads.
     """
 
     @property
@@ -37,6 +37,17 @@ class BlobStore(Protocol):
     def put_file(self, src: Path, digest: str, advance: Advance | None = None, *, repair: bool = False) -> int:
         """Store ``src`` as ``digest``; return the bytes written (0 if already present). With
         ``repair``, a present blob is re-hashed and replaced if damaged."""
+        ...
+
+    def adopt_file(
+        self, src: Path, digest: str, size: int, advance: Advance | None = None, *, repair: bool = False
+    ) -> int:
+        """Store ``src`` as ``digest`` and take it over: ``src`` is gone afterwards. Only for a
+        file whose ``digest`` and ``size`` lora-hub computed itself, in this process, over the
+        bytes it wrote there (a download, an upload); never for a digest someone else sent. Where
+        the store can, the file becomes the blob with no copy (a local store on the same file
+        system: one fsync of the file and of the folder); elsewhere it is stored as by
+        ``put_file``. The same visibility rules and return value as ``put_file``."""
         ...
 
     def copy_out(self, digest: str, dst: BinaryIO, advance: Advance | None = None) -> int: ...

@@ -5,9 +5,11 @@
 
 A blob is written to a unique temporary file while its digest is computed, fsynced, checked,
 then hard-linked into place (``link`` fails rather than overwrite) and the folder fsynced. A
-temporary file whose flock can be taken belongs to a dead process; ``gc`` removes it. Pushes and
-``gc`` exclude each other through the catalog's store leases (``lora_hub.catalog.leases``), so
-several machines can share one store folder.
+file that lora-hub has just hashed itself (a download, an upload) is adopted instead
+(``adopt_file``): hard-linked into ``tmp/``, fsynced, then linked into place the same way, with
+no copy and no second read. A temporary file whose flock can be taken belongs to a dead process;
+``gc`` removes it. Pushes and ``gc`` exclude each other through the catalog's store leases
+(``lora_hub.catalog.leases``), so several machines can share one store folder.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from lora_hub.hashing import Advance, copy_and_hash, format_digest, hash_file, p
 from lora_hub.store.base import BlobState
 
 _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# What ``link`` answers where a file cannot be adopted by linking: another file system, a file
+# system without hard links, or a file at its link limit. Such a file is copied instead.
+_NO_LINK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 class LocalStore:
@@ -145,6 +150,79 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
+    def adopt_file(
+        self, src: Path, digest: str, size: int, advance: Advance | None = None, *, repair: bool = False
+    ) -> int:
+        """Store ``src``, a file whose bytes lora-hub hashed to ``digest`` (``size`` bytes) in this
+        process as it wrote them, by moving it into place instead of copying it: ``src`` is linked
+        into ``tmp/``, fsynced, made read-only, linked to its content-addressed name (``link``
+        never overwrites) and the folder fsynced; then ``src`` is removed. The bytes are not
+        read. ``src`` on another file system (or one without hard links) is copied as by
+        ``put_file``, checked as it is copied, then removed. A blob already present is kept (and
+        ``src`` removed) unless ``repair`` finds it damaged, when ``src`` takes its place. Returns
+        the bytes this call added to the store."""
+        src = Path(src)
+        final = self._path(digest)
+        if os.stat(src).st_size != size:
+            raise IntegrityError(
+                f"{src} changed after it was hashed (it has {os.stat(src).st_size} bytes, not {size})",
+                hint="store it again once nothing is writing to it",
+            )
+        replace = final.is_file()
+        if replace and (_same_file(src, final) or not repair or self.check(digest)[0] == "ok"):
+            _remove_source(src, final)
+            if advance:
+                advance(size)  # stored already: its share of the work is done
+            return 0
+        try:
+            try:
+                written = self._adopt(src, final, size, replace=replace)
+            except OSError as exc:
+                if exc.errno not in _NO_LINK_ERRORS:
+                    raise
+                written = self._write(src, digest, final, advance, replace=replace)  # another file system
+            else:
+                if advance:
+                    advance(size)
+        except OSError as exc:
+            if isinstance(exc, StoreError | IntegrityError) or exc.errno not in _SPACE_ERRORS:
+                raise
+            raise self._space_error(exc) from exc
+        _remove_source(src, final)
+        return written
+
+    def _adopt(self, src: Path, final: Path, size: int, *, replace: bool) -> int:
+        self._ensure()
+        tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}.part"
+        # The link is the test for "same file system" (EXDEV otherwise), made before the fsync
+        # that a copy would not need.
+        os.link(src, tmp)
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                # Marks it as a live writer's for remove_stale_temp; the staged upload that ``src``
+                # may be already holds this lock (same inode), which says the same.
+                with contextlib.suppress(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o444)
+            _faults.checkpoint("store.adopt.before_link")
+            final.parent.mkdir(exist_ok=True)
+            if replace:  # a damaged blob: the adopted bytes take its place in one step
+                os.replace(tmp, final)
+            else:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:  # stored meanwhile by someone else: the same bytes, not ours to count
+                    return 0
+            fsync_dir(final.parent)
+            return size
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
     def copy_out(self, digest: str, dst: BinaryIO, advance: Advance | None = None) -> int:
         path = self._path(digest)
         if not path.is_file():
@@ -202,3 +280,17 @@ class LocalStore:
                     tmp.unlink()
             removed += 1
         return removed
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except FileNotFoundError:
+        return False
+
+
+def _remove_source(src: Path, final: Path) -> None:
+    """Remove the adopted ``src``, unless it is the blob's own name (a caller handing a blob back)."""
+    if src.resolve() != final.resolve():
+        with contextlib.suppress(FileNotFoundError):
+            src.unlink()

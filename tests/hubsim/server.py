@@ -149,6 +149,8 @@ def _route(method: str, segs: list[str]) -> tuple[str, str | None]:
             return "validate-yaml", None
         if n == 3 and segs[1] == "repos" and segs[2] in ("create", "delete"):
             return f"{segs[2]}-repo", None
+        if segs[1] == "models" and n == 2:
+            return "list-models", None
         if segs[1] == "models" and n >= 4:
             repo_id = f"{unquote(segs[2])}/{unquote(segs[3])}"
             if n == 4:
@@ -404,6 +406,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._writable(req)
         self.server.hub.store.delete_repo(req.repo_id)
         self._json({})
+
+    def _h_list_models(self, req: _Request) -> None:
+        """``GET /api/models?author=NS`` (``list_models(author=)``): the repos of ``NS`` this token can read, in
+        one page; other search parameters are ignored."""
+        hub = self.server.hub
+        author = req.q("author")
+        out = []
+        with hub.store.lock:
+            repos = sorted(hub.store.repos.values(), key=lambda r: r.repo_id)
+        for repo in repos:
+            if author is not None and repo.namespace != author:
+                continue
+            if repo.private and (req.token is None or repo.namespace not in req.token.namespaces):
+                continue
+            head = hub.store.commit_at(repo, None)
+            out.append({"_id": repo.uid, "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.namespace,
+                        "sha": head.oid, "private": repo.private, "lastModified": head.date,
+                        "createdAt": iso_date(repo.created_at), "downloads": 0, "likes": 0, "tags": []})  # fmt: skip
+        self._json(out)
 
     def _h_info(self, req: _Request) -> None:
         hub = self.server.hub

@@ -35,8 +35,6 @@ from huggingface_hub.hf_api import RepoFile, RepoFolder
 
 from tests.hubsim import HubSim
 
-pytest_plugins = ["tests.hubsim.fixtures"]  # the hf_hub fixture
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO = "alice/adapter"
 

@@ -1,0 +1,243 @@
+"""Jobs: a merge, an export or a pipeline handed to workers (``lorahub worker``) instead of run
+in the calling process.
+
+A job is a row in the catalog (its request, state, progress, result or error, a log) and, on
+PostgreSQL, a job in procrastinate's queue (``lora_hub.jobs.queue``), deferred in the same
+transaction as the row. A worker claims the row, runs the request with the same core functions
+a local command uses, reporting progress to the row, and stores the result (the local command's
+result, as JSON) or the error the local command would have raised. States: ``queued`` ->
+``running`` -> ``succeeded`` | ``failed`` | ``cancelled``.
+
+- **One job per request.** The request's sha256 (``dedup_key``) has a unique index among active
+  jobs (and is procrastinate's queueing lock): submitting the same request while one is queued
+  or running joins it. A request whose merge and exports are recorded is served from the
+  records by its worker in seconds.
+- **Checked first.** A pipeline's formats, options and output folders are checked at
+  submission, as ``lorahub run`` checks them, so a wrong request fails at once.
+- **Cancel.** A queued job is taken off the queue; a running one is asked to stop and stops at
+  its next progress report (at least every tensor of a merge), its partial output removed.
+- **Workers die.** Every worker beats a heartbeat; a job whose worker stopped beating is
+  retried by the other workers' periodic task, and the retry first removes the dead attempt's
+  partial folder (``gc``'s rule: only folders whose writer is gone).
+
+On SQLite there is no queue (one machine): commands run in the calling process, as without jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lora_hub._context import Context
+from lora_hub.core import exporting, pipeline
+from lora_hub.core.pipeline import PipelineSpec
+from lora_hub.errors import JobCancelledError, JobFailedError, LoraHubError, NotSupportedError
+from lora_hub.hashing import hash_bytes
+from lora_hub.progress import Advance, Progress
+from lora_hub.types import JobInfo
+
+log = logging.getLogger("lora_hub.jobs")
+REPORT_EVERY_S = 0.5  # progress written (and cancel polled) at most this often
+Queue = Literal["cpu", "gpu", "any"]
+
+
+class ExportRequest(BaseModel):
+    """``lorahub export``'s arguments."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    output: str
+    format: str
+    dtype: str = "auto"
+    device: str = "auto"
+    max_batch: int | None = None
+    max_seq: int | None = None
+    opset: int | None = None
+    with_cache: bool = False
+
+
+class JobRequest(BaseModel):
+    """What a job runs: a pipeline (a merge and its exports; a plain merge has no exports) or an
+    export, with the flags of the local command."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["pipeline", "export"]
+    pipeline: PipelineSpec | None = None
+    export: ExportRequest | None = None
+    device: str = Field(default="auto", description="auto: cuda if the worker has it")
+    recompute: bool = False
+    force: bool = False
+    overwrite: bool = False
+
+    @property
+    def queue(self) -> Queue:
+        """The workers that may take it: ``gpu`` for cuda, ``cpu`` for cpu, ``any`` for auto."""
+        device = self.export.device if self.export is not None else self.device
+        return "gpu" if device.startswith("cuda") else "cpu" if device == "cpu" else "any"
+
+    @property
+    def key(self) -> str:
+        doc = self.model_dump(mode="json")
+        return hash_bytes(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _need_queue(ctx: Context) -> None:
+    if ctx.catalog.db.is_sqlite:
+        raise NotSupportedError(
+            "jobs need a PostgreSQL catalog: with SQLite (one machine) there are no workers to hand them to",
+            hint="run the command without --detach/--submit to run it here, or set LORAHUB_DATABASE_URL to the "
+            "team's PostgreSQL and start `lorahub worker`",
+        )
+
+
+def submit(ctx: Context, request: JobRequest, *, run_here: Callable[[str], None] | None = None) -> JobInfo:
+    """Queue ``request`` for a worker, after the checks its local command makes before any work;
+    an identical request that is queued or running is joined instead (``joined``). With SQLite
+    there is no queue: ``run_here(job_id)`` (``lorahub serve``'s in-process worker) takes the
+    job, and without it jobs are refused."""
+    if ctx.catalog.db.is_sqlite and run_here is None:
+        _need_queue(ctx)
+    if request.pipeline is not None:
+        pipeline.check(ctx, request.pipeline)
+    if request.export is not None:
+        _check_export(request.export)
+    key = request.key
+    doc = request.model_dump(mode="json")
+    if ctx.catalog.db.is_sqlite:
+        job = ctx.catalog.jobs.create(kind=request.kind, queue=request.queue, request=doc, dedup_key=key)
+        if not job.joined and run_here is not None:
+            run_here(job.id)
+        return job
+
+    from lora_hub.jobs import queue
+
+    def defer(connection: Any, job_id: str) -> int | None:
+        return queue.defer(ctx.settings.database_url, connection, job_id, queue=request.queue, lock=key)
+
+    return ctx.catalog.jobs.create(kind=request.kind, queue=request.queue, request=doc, dedup_key=key, defer=defer)
+
+
+def _check_export(e: ExportRequest) -> None:
+    from lora_hub.export import get_exporter
+    from lora_hub.export.plan import make_options
+
+    get_exporter(e.format)
+    make_options(dtype=e.dtype, device=e.device, max_batch=e.max_batch, max_seq=e.max_seq, opset=e.opset,
+                 with_cache=e.with_cache)  # fmt: skip
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run(ctx: Context, job_id: str, *, worker: str | None = None) -> JobInfo | None:
+    """Run the job (a worker's task): claim it, run its request, store the result or the error.
+    None when there is nothing to run (done, or cancelled while queued). Never raises for a
+    failure of the request itself: that is the job's state."""
+    jobs = ctx.catalog.jobs
+    claimed = jobs.claim(job_id, worker or worker_name())
+    if claimed is None:
+        return None
+    ctx.partials().clean()  # the partial output of an attempt whose worker was killed
+    request = JobRequest.model_validate(claimed.request)
+    progress = JobProgress(ctx, job_id)
+    log.info("job %s: started (attempt %d)", job_id, claimed.attempts)
+    try:
+        result = _execute(ctx, request, progress)
+    except JobCancelledError as exc:
+        done = jobs.finish(job_id, "cancelled", error=exc.as_dict(), message="cancelled; nothing it wrote was kept")
+    except LoraHubError as exc:
+        done = jobs.finish(job_id, "failed", error=exc.as_dict(), message=f"failed: {exc.message}")
+    except Exception as exc:  # a worker outlives a bug in one job; the job records it
+        failure = JobFailedError(
+            f"the job failed on its worker: {type(exc).__name__}: {exc}",
+            hint="this is lora-hub's fault: please report it with `lorahub jobs show ID --json`",
+        )
+        log.exception("job %s failed", job_id)
+        done = jobs.finish(job_id, "failed", error=failure.as_dict(), message=f"failed: {failure.message}")
+    else:
+        done = jobs.finish(job_id, "succeeded", result=result, message="succeeded")
+    log.info("job %s: %s", job_id, done.log[-1].message)
+    return done
+
+
+def _execute(ctx: Context, request: JobRequest, progress: Progress) -> dict[str, Any]:
+    if request.pipeline is not None:
+        done = pipeline.run(ctx, request.pipeline, device=request.device, recompute=request.recompute,
+                            force=request.force, overwrite=request.overwrite, progress=progress)  # fmt: skip
+        return done.model_dump(mode="json")
+    e = request.export
+    assert e is not None
+    exported = exporting.export(ctx, e.model, e.output, e.format, dtype=e.dtype, device=e.device,
+                                max_batch=e.max_batch, max_seq=e.max_seq, opset=e.opset, with_cache=e.with_cache,
+                                recompute=request.recompute, force=request.force, overwrite=request.overwrite,
+                                progress=progress)  # fmt: skip
+    return exported.model_dump(mode="json")
+
+
+class JobProgress:
+    """Progress of a running job, written to its row at most every ``REPORT_EVERY_S``; each
+    write also reads the cancel flag, and a requested cancel raises ``JobCancelledError`` from
+    inside the work (which removes what it was writing, as on Ctrl-C)."""
+
+    def __init__(self, ctx: Context, job_id: str, every_s: float = REPORT_EVERY_S) -> None:
+        self.ctx, self.job_id, self.every_s = ctx, job_id, every_s
+        self._last = 0.0
+
+    @contextmanager
+    def task(self, description: str, total: int | None, unit: str = "B") -> Iterator[Advance]:
+        done = 0
+        self._report(description, done, total, unit, force=True, message=description)
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            self._report(description, done, total, unit)
+
+        yield advance
+        self._report(description, done, total, unit, force=True)
+
+    def _report(
+        self, step: str, done: int, total: int | None, unit: str, *, force: bool = False, message: str | None = None
+    ) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        state = {"step": step, "done": done, "total": total, "unit": unit}
+        if self.ctx.catalog.jobs.report(self.job_id, state, message):
+            raise JobCancelledError("the job was cancelled", hint="nothing it was writing was kept")
+
+
+def cancel(ctx: Context, job_id: str) -> JobInfo:
+    """Cancel a queued job at once; ask a running one to stop (it stops within a progress report)."""
+    if ctx.catalog.db.is_sqlite:  # no queue: a queued job is cancelled by its row alone
+        return ctx.catalog.jobs.request_cancel(job_id)
+    from lora_hub.jobs import queue
+
+    return ctx.catalog.jobs.request_cancel(
+        job_id, cancel_queued=lambda conn, qid: queue.cancel_queued(ctx.settings.database_url, conn, qid)
+    )
+
+
+def follow(
+    ctx: Context,
+    job_id: str,
+    progress: Progress | None = None,
+    *,
+    timeout_s: float | None = None,
+) -> JobInfo:
+    """Wait for the job to finish, showing its progress (``lora_hub.jobs.follow``)."""
+    from lora_hub.jobs.follow import follow as follow_job
+
+    return follow_job(ctx.catalog.jobs.get, job_id, progress, timeout_s=timeout_s)

@@ -1,0 +1,310 @@
+"""Content-addressed transfer, for a server: blobs one by one, then a version as a manifest.
+
+The shape is the OCI distribution protocol's. A client hashes its files first, asks which blobs
+are missing (``blob_size``), uploads only those (``store_blob``: the bytes were hashed as they
+were received, and are stored only if they match), and commits the version last
+(``commit_manifest``): a list of (path, digest, size) whose blobs must all be stored already,
+else ``MissingBlobsError`` lists the missing ones. Committing goes through ``adapters.push`` on a
+folder of hard links to the stored blobs, so a manifest is validated, deduplicated and recorded
+exactly as a folder pushed on this machine is.
+
+Each byte of an upload is hashed once, by the server as it arrives: the staged file is adopted by
+the store (linked into place), and a commit in the same process tells ``push`` the digests of the
+blobs it stored that way (``_Verified``), so that only the validation reads them again. A digest
+a client sends is never trusted: it is what the server's own hash is compared with.
+
+Nothing here accepts a path of the server's machine from a client: bases are registered names,
+adapters are references.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lora_hub._context import Context
+from lora_hub.core import adapters, fits
+from lora_hub.core.common import is_base_name
+from lora_hub.errors import BaseNotFoundError, InvalidArgumentError, LoraHubError, MissingBlobsError, NotFoundError
+from lora_hub.hashing import parse_digest
+from lora_hub.progress import Progress
+from lora_hub.refs import Ref
+from lora_hub.types import CompatReport, FileEntry, PushResult
+
+MAX_MANIFEST_FILES = 10_000
+
+
+def blob_size(ctx: Context, digest: str) -> int | None:
+    """The size of the stored blob ``digest``, or None when the store does not hold it."""
+    parse_digest(digest)
+    if not ctx.store.has(digest):
+        return None
+    with ctx.store.open_local(digest) as path:
+        return path.stat().st_size
+
+
+@contextlib.contextmanager
+def blob_file(ctx: Context, digest: str) -> Iterator[Path]:
+    """A local file holding the stored blob (the blob itself for a local store), for sending."""
+    if blob_size(ctx, digest) is None:
+        raise NotFoundError(f"no blob {digest}", hint="upload it first")
+    with ctx.store.open_local(digest) as path:
+        yield path
+
+
+class _Verified:
+    """What this process knows without reading again, and trusts because it computed it itself:
+    the staged uploads it handed out (``upload_file``), whose receiver hashes them as they arrive,
+    and the blobs it stored from them, by the identity of their file (device, inode, size, mtime),
+    so that the commit that follows does not hash them again. A blob whose file changed, or that
+    another process stored, is not in it and is hashed as before. Bounded: the oldest entries go."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._staged: set[Path] = set()
+        self._blobs: OrderedDict[tuple[str, str], tuple[int, int, int, int]] = OrderedDict()
+
+    def stage(self, path: Path) -> None:
+        with self._lock:
+            self._staged.add(path)
+
+    def unstage(self, path: Path) -> None:
+        with self._lock:
+            self._staged.discard(path)
+
+    def is_staged(self, path: Path) -> bool:
+        with self._lock:
+            return path in self._staged
+
+    def remember(self, root: Path, digest: str, blob: Path) -> None:
+        ident = _identity(blob)
+        with self._lock:
+            self._blobs[(str(root), digest)] = ident
+            self._blobs.move_to_end((str(root), digest))
+            while len(self._blobs) > self.LIMIT:
+                self._blobs.popitem(last=False)
+
+    def holds(self, root: Path, digest: str, file: Path) -> bool:
+        """Whether ``file`` is the very blob file this process stored as ``digest``."""
+        with self._lock:
+            known = self._blobs.get((str(root), digest))
+        try:
+            return known is not None and known == _identity(file)
+        except OSError:
+            return False
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+_VERIFIED = _Verified()
+
+
+@contextlib.contextmanager
+def upload_file(ctx: Context) -> Iterator[Path]:
+    """A fresh, empty file in the server's upload folder (on the home's file system), removed on
+    exit: where an upload is staged while it is received and hashed. It is held with an
+    exclusive flock meanwhile, so ``clean_uploads`` can tell it from one a killed server left.
+    Whoever writes it must hash the bytes as they are written: ``store_blob`` takes that digest."""
+    folder = ctx.settings.home / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}-{secrets.token_hex(8)}.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _VERIFIED.stage(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        _VERIFIED.unstage(path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
+def clean_uploads(ctx: Context) -> int:
+    """Remove staged uploads and manifest folders that no live server holds (left by a server
+    that was killed); return how many. Run when a server starts."""
+    folder = ctx.settings.home / "uploads"
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        lock = entry if entry.suffix == ".part" else entry.with_suffix(".lock")
+        if entry.suffix == ".lock":
+            continue
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live writer holds it
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            if lock != entry:
+                lock.unlink()
+        removed += 1
+    return removed
+
+
+def store_blob(ctx: Context, src: Path, digest: str) -> int:
+    """Store ``src`` as ``digest`` under a store lease (so ``gc`` cannot run meanwhile). Returns
+    bytes written (0 when the blob was stored already).
+
+    A staged upload of this process (``upload_file``, still open) is taken as hashed by its
+    receiver, which must have computed ``digest`` over the bytes as it wrote them and compared it
+    with the client's: the store adopts the file (``BlobStore.adopt_file``: linked into place, no
+    copy, no second read) and it is gone afterwards. Any other file is copied and re-hashed by
+    the store, which refuses it if it does not match."""
+    parse_digest(digest)
+    src = Path(src)
+    with ctx.catalog.leases.writing():
+        if not _VERIFIED.is_staged(src):
+            return ctx.store.put_file(src, digest)
+        written = ctx.store.adopt_file(src, digest, src.stat().st_size)
+        root = ctx.store.local_root
+        if written and root is not None:
+            with ctx.store.open_local(digest) as blob:
+                _VERIFIED.remember(root, digest, blob)
+        return written
+
+
+def commit_manifest(
+    ctx: Context,
+    name: str,
+    files: Sequence[FileEntry],
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Sequence[str] = (),
+    description: str | None = None,
+    base: str | None = None,
+    lineage: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    source: str | None = None,
+) -> PushResult:
+    """Push the version of ``name`` made of ``files``, whose blobs are in the store already.
+
+    Every path must be a plain relative path; every blob must be stored with the manifest's size
+    (else ``MissingBlobsError`` with the digests to upload). ``base``, if given, must be a
+    registered base. Then the same as ``adapters.push`` of the folder these files make; its error
+    messages name ``source`` (the client's folder) where they would name that folder."""
+    _check_paths(files)
+    if base is not None and not (is_base_name(base) and ctx.catalog.bases.has(base)):
+        raise BaseNotFoundError(base)
+    missing = []
+    for entry in files:
+        size = blob_size(ctx, entry.digest)
+        if size is None:
+            missing.append(entry.digest)
+        elif size != entry.size:
+            raise InvalidArgumentError(
+                f"{entry.path}: the manifest says {entry.size} bytes, the stored blob {entry.digest} has {size}"
+            )
+    if missing:
+        raise MissingBlobsError(
+            f"{len(missing)} blob(s) of the manifest are not stored", missing=sorted(set(missing)),
+            hint="upload them, then commit the manifest again",
+        )  # fmt: skip
+    with _linked_folder(ctx, files) as (folder, verified):
+        try:
+            return adapters.push(
+                ctx, folder, name, metrics=metrics, tags=tags, description=description, base=base, lineage=lineage,
+                progress=progress, verified=verified,
+            )  # fmt: skip
+        except LoraHubError as exc:
+            # The staging folder means nothing to the client: name its own folder instead.
+            exc.message = exc.message.replace(str(folder), source or "the uploaded folder")
+            exc.args = (exc.message,)
+            raise
+
+
+def validate_stored(ctx: Context, ref: str, base: str) -> CompatReport:
+    """``fits.validate`` for a stored adapter version and a registered base only."""
+    parsed = Ref.parse(ref)
+    if Path(ref).exists():  # fits.validate would read a folder of this machine by that name
+        raise InvalidArgumentError(f"{ref!r} is ambiguous on this server", hint="give the version, e.g. name:1")
+    if not (is_base_name(base) and ctx.catalog.bases.has(base)):
+        raise BaseNotFoundError(base)
+    adapters.show(ctx, str(parsed))
+    return fits.validate(ctx, str(parsed), base)
+
+
+def _check_paths(files: Sequence[FileEntry]) -> None:
+    if not files:
+        raise InvalidArgumentError("the manifest lists no files")
+    if len(files) > MAX_MANIFEST_FILES:
+        raise InvalidArgumentError(f"the manifest lists {len(files)} files; the limit is {MAX_MANIFEST_FILES}")
+    seen = set()
+    for entry in files:
+        parse_digest(entry.digest)
+        p = PurePosixPath(entry.path)
+        if (
+            not entry.path
+            or p.is_absolute()
+            or any(part in ("", ".", "..") for part in entry.path.split("/"))
+            or "\\" in entry.path
+            or "\0" in entry.path
+            or entry.path in seen
+            or entry.size < 0
+        ):
+            raise InvalidArgumentError(f"the manifest's file path {entry.path[:200]!r} cannot be used")
+        seen.add(entry.path)
+
+
+@contextlib.contextmanager
+def _linked_folder(ctx: Context, files: Sequence[FileEntry]) -> Iterator[tuple[Path, dict[str, tuple[str, int]]]]:
+    """A private folder holding ``files`` as hard links to their blobs (copies where the store is
+    on another file system), removed on exit; and the files among them that are links to blobs
+    this process stored from uploads it hashed itself (``push``'s ``verified``: not hashed again)."""
+    root = ctx.settings.home / "uploads" / f"manifest-{os.getpid()}-{secrets.token_hex(8)}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(root.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held while the folder is in use (see clean_uploads)
+    root.mkdir()
+    store_root = ctx.store.local_root
+    verified: dict[str, tuple[str, int]] = {}
+    try:
+        for entry in files:
+            target = root / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = ctx.local_copy(entry.digest)
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copyfile(src, target)
+            else:
+                if store_root is not None and _VERIFIED.holds(store_root, entry.digest, target):
+                    verified[entry.path] = (entry.digest, entry.size)
+        yield root, verified
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            root.with_suffix(".lock").unlink()
+        os.close(lock)
+
+
+def namespace_uses_blob(ctx: Context, namespace: str, digest: str) -> bool:
+    """Whether a version in ``namespace`` refers to blob ``digest``."""
+    parse_digest(digest)
+    return ctx.catalog.namespace_uses_blob(namespace, digest)

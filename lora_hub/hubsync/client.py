@@ -1,0 +1,414 @@
+"""The one place that talks to the Hugging Face Hub, through ``huggingface_hub`` (>= 1.31).
+
+Facts about the client that shape this module (checked against huggingface_hub 2.4 with the loopback
+emulator in ``tests/hubsim``):
+
+- ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are read when ``huggingface_hub`` is imported, so the
+  endpoint and the offline switch are read here from ``os.environ`` and passed explicitly.
+- Its downloads are checked by size only (a size-equal corrupted file is accepted), so files are
+  fetched here with its HTTP session and every byte is hashed as it arrives: sha256 against the
+  Hub's LFS sha256, or git's blob id for small (non-LFS) files.
+- ``upload_folder`` may split a large upload into several commits; exports use ``create_commit``
+  alone, guarded by ``parent_commit`` (a stale parent is a plain ``HfHubHTTPError`` with status 412).
+- A ``create_commit`` whose files are all unchanged makes no commit and does not check
+  ``parent_commit``; callers skip unchanged files themselves, so that case never reaches it.
+
+Every error of the client becomes a ``lora_hub.errors`` error with a hint (``translate``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_hub.errors import (
+    HubAuthError,
+    HubError,
+    HubNotFoundError,
+    IntegrityError,
+    InvalidArgumentError,
+    LoraHubError,
+)
+from lora_hub.progress import Advance
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+CHUNK = 1 << 20  # bytes per network read handed to the hashing thread
+_TRUE = ("1", "on", "yes", "true")
+
+
+def git_blob_oid(data: bytes) -> str:
+    """git's id of a file's content (sha1 of ``blob <size>\\0`` + content): the Hub's ``blob_id``
+    of a small (non-LFS) file."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def git_file_oid(path: Path) -> str:
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size, usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a repo at one commit: its size, git blob id, and the sha256 of its content when
+    the Hub stores it with LFS (``None`` for a small file held in git)."""
+
+    path: str
+    size: int
+    oid: str
+    sha256: str | None = None
+
+    def matches(self, sha256: str, local: Path | None = None) -> bool:
+        """Whether the remote file holds the content ``sha256`` (``sha256:<hex>``) of ``local``."""
+        if self.sha256 is not None:
+            return "sha256:" + self.sha256 == sha256
+        return local is not None and local.stat().st_size == self.size and git_file_oid(local) == self.oid
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A repo at one commit: the commit sha, its files, and its card's metadata (README.md's YAML)."""
+
+    repo_id: str
+    commit: str
+    files: dict[str, RemoteFile]
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``[hf://]org/name[@revision]`` -> (repo id, revision or None)."""
+    text = spec.removeprefix("hf://")
+    if text.startswith("hf:/"):  # a path argument collapses the double slash
+        text = text.removeprefix("hf:/")
+    repo_id, sep, revision = text.partition("@")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo_id) or (sep and not revision):
+        raise InvalidArgumentError(
+            f"not a Hub model repository: {spec!r}",
+            hint="give it as ORG/NAME, optionally @BRANCH, @TAG or @COMMIT, e.g. alice/sql-lora@v1",
+        )
+    return repo_id, revision or None
+
+
+def offline_mode() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+class HubClient:
+    """An ``HfApi`` bound to one endpoint and token (``connect``), with lora-hub's errors."""
+
+    def __init__(self, endpoint: str, token: str | None) -> None:
+        from huggingface_hub import HfApi
+
+        self.endpoint = endpoint.rstrip("/")
+        self.token = token
+        self.api = HfApi(endpoint=self.endpoint, token=token)
+
+    @classmethod
+    def connect(cls, endpoint: str | None = None, token: str | None = None) -> HubClient:
+        """The endpoint from ``endpoint``, else ``HF_ENDPOINT``, else huggingface.co; the token from
+        ``token``, else ``HF_TOKEN`` or the ``hf auth login`` token file. Refused in offline mode."""
+        url = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+        if offline_mode():
+            raise HubError(
+                f"cannot reach the Hugging Face Hub at {url}: offline mode is on (HF_HUB_OFFLINE)",
+                hint="unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to import or export",
+            )
+        try:
+            from huggingface_hub import get_token
+        except ImportError as exc:  # pragma: no cover - the dev install has it
+            from lora_hub.errors import NotSupportedError
+
+            raise NotSupportedError("Hub sync needs huggingface_hub", hint="pip install 'lora-hub[hub]'") from exc
+        return cls(url, token or os.environ.get("HF_TOKEN") or get_token())
+
+    # --- reading -------------------------------------------------------------------------------
+    def snapshot(self, repo_id: str, revision: str | None) -> Snapshot:
+        """Resolve ``revision`` (branch, tag or sha; default ``main``) to its commit and list its files
+        with their hashes, in one request."""
+        with translate(repo_id, revision):
+            info = self.api.model_info(repo_id, revision=revision, files_metadata=True)
+        files = {}
+        for s in info.siblings or []:
+            lfs = s.lfs
+            sha = getattr(lfs, "sha256", None) if lfs is not None else None
+            files[s.rfilename] = RemoteFile(s.rfilename, int(s.size or 0), str(s.blob_id or ""), sha)
+        card = info.card_data.to_dict() if info.card_data is not None else {}
+        return Snapshot(repo_id, str(info.sha), files, card)
+
+    def head(self, repo_id: str, branch: str) -> str | None:
+        """The commit ``branch`` points at, or None when the repo has no such branch."""
+        refs = self.refs(repo_id)
+        return refs[0].get(branch)
+
+    def refs(self, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(branches, tags) of the repo, by name -> commit."""
+        with translate(repo_id):
+            refs = self.api.list_repo_refs(repo_id)
+        return {b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags}
+
+    def list_models(self, author: str) -> list[str]:
+        """The ids of the model repos of ``author`` (a user or organisation) that this token can see."""
+        with translate(author):
+            return sorted(m.id for m in self.api.list_models(author=author))
+
+    def paths_info(self, repo_id: str, commit: str, paths: Sequence[str]) -> dict[str, RemoteFile]:
+        """The files among ``paths`` that exist at ``commit`` (folders and missing paths left out)."""
+        with translate(repo_id, commit):
+            infos = self.api.get_paths_info(repo_id, list(paths), revision=commit)
+        from huggingface_hub.hf_api import RepoFile as HfRepoFile
+
+        out = {}
+        for f in infos:
+            if not isinstance(f, HfRepoFile):  # a folder
+                continue
+            sha = f.lfs.sha256 if f.lfs is not None else None
+            out[f.path] = RemoteFile(f.path, int(f.size or 0), str(f.blob_id), sha)
+        return out
+
+    def read_small(self, repo_id: str, commit: str, remote: RemoteFile, limit: int = 1 << 20) -> bytes:
+        """The content of a small file (a model card), checked against its hash."""
+        if remote.size > limit:
+            raise HubError(f"{repo_id}: {remote.path} is {remote.size:,} bytes, over the {limit:,}-byte limit")
+        chunks: list[bytes] = []
+        with self._get(repo_id, commit, remote.path) as response:
+            for chunk in response.iter_bytes(CHUNK):
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        if remote.sha256 is not None:
+            ok = hashlib.sha256(data).hexdigest() == remote.sha256
+        else:
+            ok = git_blob_oid(data) == remote.oid
+        if not ok or len(data) != remote.size:
+            raise IntegrityError(f"{repo_id}@{commit[:12]}: {remote.path} does not match its hash on the Hub")
+        return data
+
+    @contextlib.contextmanager
+    def _get(self, repo_id: str, commit: str, path: str) -> Iterator[Any]:
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+        url = hf_hub_url(repo_id, path, revision=commit, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token)
+        with translate(repo_id, commit, path), http_stream_backoff("GET", url, headers=headers) as response:
+            hf_raise_for_status(response)
+            yield response
+
+    def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, advance: Advance) -> str:
+        """Write ``remote`` (at ``commit``) to ``dest``, hashing every byte on a second thread as it
+        arrives; return its ``sha256:<hex>``. A file whose bytes do not match the Hub's sha256 (or,
+        for a small file, its git blob id) or size raises ``IntegrityError``, with ``dest`` removed."""
+        sha256 = hashlib.sha256()
+        sha1 = hashlib.sha1(b"blob %d\0" % remote.size, usedforsecurity=False) if remote.sha256 is None else None
+        work: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        failure: list[BaseException] = []
+        received = 0
+        try:
+            with open(dest, "wb", buffering=0) as out:
+
+                def consume() -> None:
+                    try:
+                        while (chunk := work.get()) is not None:
+                            sha256.update(chunk)
+                            if sha1 is not None:
+                                sha1.update(chunk)
+                            out.write(chunk)
+                    except BaseException as exc:  # a full disk: reported by the receiving thread
+                        failure.append(exc)
+                        while work.get() is not None:  # keep draining so the producer never blocks
+                            pass
+
+                thread = threading.Thread(target=consume, name="lorahub-hub-hash", daemon=True)
+                thread.start()
+                try:
+                    with self._get(repo_id, commit, remote.path) as response:
+                        for chunk in response.iter_bytes(CHUNK):
+                            if failure:
+                                break
+                            received += len(chunk)
+                            if received > remote.size:
+                                break
+                            work.put(chunk)
+                            advance(len(chunk))
+                finally:
+                    work.put(None)
+                    thread.join()
+                if failure:
+                    raise failure[0]
+                # No fsync here: the blob store adopts the staged file (hard link) and fsyncs it
+                # once, before it is visible; that is the durable step.
+            got = "sha256:" + sha256.hexdigest()
+            if received != remote.size:
+                raise IntegrityError(
+                    f"{repo_id}@{commit[:12]}: {remote.path} came with {'more' if received > remote.size else 'fewer'}"
+                    f" bytes than the Hub lists ({remote.size:,}); nothing was stored",
+                    hint="try again; if it persists, the file on the Hub is damaged",
+                )
+            if not (remote.matches(got) if remote.sha256 is not None else sha1 and sha1.hexdigest() == remote.oid):
+                expected = f"sha256:{remote.sha256}" if remote.sha256 else f"git blob {remote.oid}"
+                raise IntegrityError(
+                    f"{repo_id}@{commit[:12]}: {remote.path} does not match its hash on the Hub "
+                    f"(got {got}, the Hub lists {expected}); refused, nothing was stored",
+                    hint="the file on the Hub (or a proxy between) is damaged; tell the repo's owner, or try again",
+                )
+            return got
+        except BaseException:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+            raise
+
+    # --- writing -------------------------------------------------------------------------------
+    def create_repo(self, repo_id: str, *, private: bool) -> None:
+        with translate(repo_id):
+            self.api.create_repo(repo_id, private=private, exist_ok=True)
+
+    def create_branch(self, repo_id: str, branch: str) -> None:
+        with translate(repo_id, branch):
+            self.api.create_branch(repo_id, branch=branch, exist_ok=True)
+
+    def create_tag(self, repo_id: str, tag: str, commit: str, message: str) -> None:
+        with translate(repo_id, commit):
+            self.api.create_tag(repo_id, tag=tag, revision=commit, tag_message=message, exist_ok=True)
+
+    def commit(
+        self,
+        repo_id: str,
+        files: Mapping[str, Path | bytes],
+        *,
+        branch: str,
+        parent: str,
+        message: str,
+        description: str | None = None,
+        digests: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """One atomic commit of ``files`` on ``branch`` on top of ``parent``; returns its sha, or
+        None when ``branch`` moved since ``parent`` was read (the Hub's 412). ``digests`` are the
+        files' sha256, already checked by the caller: the client then does not read the files a
+        second time to hash them."""
+        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub.errors import HfHubHTTPError
+
+        ops = []
+        for path, src in files.items():
+            op = CommitOperationAdd(path_in_repo=path, path_or_fileobj=src)
+            digest = (digests or {}).get(path)
+            if digest is not None and isinstance(src, Path):
+                with contextlib.suppress(AttributeError):  # an UploadInfo without a settable sha256
+                    op.upload_info.sha256 = bytes.fromhex(digest.removeprefix("sha256:"))
+            ops.append(op)
+        with translate(repo_id, branch), _quiet():
+            try:
+                info = self.api.create_commit(
+                    repo_id,
+                    ops,
+                    commit_message=message,
+                    commit_description=description,
+                    revision=branch,
+                    parent_commit=parent,
+                )
+            except HfHubHTTPError as exc:
+                if _status(exc) == 412:
+                    return None
+                raise
+        return str(info.oid)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The client's own progress bars off for one call: lora-hub reports progress itself, and they
+    would land in ``--json`` output."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+@contextlib.contextmanager
+def translate(repo_id: str, revision: str | None = None, path: str | None = None) -> Iterator[None]:
+    """Turn the client's errors (and network errors) into lora-hub's, each with a hint."""
+    from huggingface_hub import errors as hf
+
+    where = repo_id + (f"@{revision}" if revision else "")
+    try:
+        yield
+    except LoraHubError:
+        raise
+    except hf.OfflineModeIsEnabled as exc:
+        raise HubError(
+            f"cannot reach the Hub for {where}: offline mode is on (HF_HUB_OFFLINE)",
+            hint="unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to import or export",
+        ) from exc
+    except hf.GatedRepoError as exc:
+        raise HubAuthError(
+            f"{repo_id} is gated: this token has not been granted access",
+            hint=f"request access on the repo's page, then set HF_TOKEN; {_short(exc)}",
+        ) from exc
+    except hf.RevisionNotFoundError as exc:
+        raise HubNotFoundError(
+            f"{repo_id} has no revision {revision!r}",
+            hint="give an existing branch, tag or full commit sha (see the repo's 'Files and versions' page)",
+        ) from exc
+    except hf.RepositoryNotFoundError as exc:
+        raise HubNotFoundError(
+            f"no model repository {repo_id} on the Hub (or it is private and this token cannot see it)",
+            hint="check the name; for a private repo set HF_TOKEN (or run `hf auth login`); "
+            "to export into a new repo add --create",
+        ) from exc
+    except hf.RemoteEntryNotFoundError as exc:
+        raise HubNotFoundError(f"{where} has no file {path!r}", hint="the repo changed; try again") from exc
+    except hf.HfHubHTTPError as exc:
+        status = _status(exc)
+        if status == 401:
+            raise HubAuthError(
+                f"the Hub refused the token for {where} (401: {_short(exc)})",
+                hint="set HF_TOKEN to a valid token, or run `hf auth login`",
+            ) from exc
+        if status == 403:
+            raise HubAuthError(
+                f"this token may not do that on {repo_id} (403: {_short(exc)})",
+                hint="use a token with write access to that namespace (a 'write' or fine-grained token)",
+            ) from exc
+        if status == 404:
+            raise HubNotFoundError(f"{where}: not found on the Hub ({_short(exc)})") from exc
+        if status == 429:
+            raise HubError(
+                f"the Hub is rate-limiting requests for {where} (429)",
+                hint="wait a few minutes and run the command again; a token raises the limits",
+            ) from exc
+        raise HubError(f"the Hub answered {status} for {where}: {_short(exc)}", hint="try again later") from exc
+    except (ConnectionError, TimeoutError) as exc:
+        raise _unreachable(where, exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
+            raise _unreachable(where, exc) from exc
+        raise
+
+
+def _unreachable(where: str, exc: BaseException) -> HubError:
+    return HubError(
+        f"cannot reach the Hub for {where}: {type(exc).__name__}: {_short(exc)}",
+        hint="check the network and the endpoint (HF_ENDPOINT or --endpoint)",
+    )
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -1,0 +1,466 @@
+"""The REST API of ``lorahub serve``: the core API (``lora_hub.api.Hub``) over HTTP, under ``/v1``.
+
+Routes parse the request, check the caller's token (``lora_hub.service.auth``), call one ``Hub``
+method and return its result as JSON (the same models as ``--json``). Errors are OCI-style
+bodies, ``{"errors": [{"code", "message", "detail"}]}``, with the HTTP status of the error's class
+(``lora_hub.errors``); ``detail`` carries ``type`` (the class), ``hint`` and, where the class has
+them, ``problems`` or ``missing``. A reference is sent as it was typed, in the path
+(``/v1/adapters/acme/sql-lora:3``); sub-resources follow ``/-/``, which no name can be.
+
+Content-addressed transfer (``lora_hub.core.transfer``): ``HEAD /v1/blobs/{ns}/{digest}`` says
+whether a blob is stored, ``PUT`` streams one in (hashed as it arrives, visible only if it
+matches), ``GET`` streams one out (Range, ``ETag`` = digest), and
+``POST /v1/adapters/{name}/-/manifest`` commits a version last. ``_`` stands for "no namespace".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lora_hub._version import __version__
+from lora_hub.api import ServingHub
+from lora_hub.errors import (
+    AdapterNotFoundError,
+    BodyTooLargeError,
+    DigestMismatchError,
+    IncompatibleError,
+    InvalidArgumentError,
+    LoraHubError,
+    MissingBlobsError,
+    NotFoundError,
+    UnauthorizedError,
+)
+from lora_hub.hashing import parse_digest
+from lora_hub.refs import Ref
+from lora_hub.service.auth import Principal, principal_of
+from lora_hub.settings import Settings
+from lora_hub.types import (
+    AdapterVersion,
+    BaseModelInfo,
+    CompatReport,
+    FileEntry,
+    GcReport,
+    JobInfo,
+    ListQuery,
+    PushResult,
+    VersionPage,
+)
+
+log = logging.getLogger("lora_hub.service")
+NO_NAMESPACE = "_"  # in /v1/blobs/{ns}/...: names without a namespace ("_" is never a namespace)
+MAX_JSON_BODY = 8 << 20  # manifests and small requests; blobs have their own limit
+ERROR_HEADER = "X-Lorahub-Error"
+
+
+def error_body(exc: LoraHubError) -> dict[str, Any]:
+    detail: dict[str, Any] = {"type": type(exc).__name__, "hint": exc.hint}
+    if isinstance(exc, IncompatibleError):
+        detail["problems"] = exc.problems
+    if isinstance(exc, MissingBlobsError):
+        detail["missing"] = exc.missing
+    return {"errors": [{"code": exc.code.upper(), "message": exc.message, "detail": detail}]}
+
+
+def _error_response(exc: LoraHubError, request: Request | None = None) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="lorahub"'} if isinstance(exc, UnauthorizedError) else {}
+    if request is not None and request.method == "HEAD":  # no body: the error travels in a header
+        headers[ERROR_HEADER] = json.dumps(error_body(exc), ensure_ascii=True)
+    return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
+
+
+class MetricsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    set: dict[str, float] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class ManifestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    files: list[FileEntry]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    description: str | None = None
+    base: str | None = Field(default=None, description="a base registered on the server")
+    source: str | None = Field(default=None, description="the client's folder, as named in error messages")
+
+
+class ValidateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    adapter: str = Field(description="a stored adapter reference")
+    base: str = Field(description="a base registered on the server")
+
+
+class GcBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dry_run: bool = False
+
+
+class BlobStored(BaseModel):
+    digest: str
+    size: int
+    written: int = Field(description="bytes this upload added to the store (0: it was stored already)")
+
+
+class ShownAny(BaseModel):
+    kind: str
+    adapter: AdapterVersion | None = None
+    base: BaseModelInfo | None = None
+    note: str | None = Field(default=None, description="name_clash: the name is also a base's")
+
+
+def _principal(request: Request) -> Principal:
+    """The caller of this request (its token looked up in the catalog now)."""
+    hub: ServingHub = request.app.state.hub
+    found = principal_of(request.headers.get("authorization"), hub.authenticate, hub.settings.anonymous_read)
+    request.state.principal = found
+    return found
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def create_app(settings: Settings | None = None, *, hub: ServingHub | None = None) -> FastAPI:
+    """The ASGI app over ``hub`` (default: a ``Hub`` of ``settings``, or of the environment)."""
+    the_hub = hub or ServingHub(settings=settings or Settings.from_env())
+    cfg = the_hub.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Open (and migrate) the catalog before the first request, not in several threads at once.
+        await run_in_threadpool(the_hub.upgrade_db)
+        removed = await run_in_threadpool(the_hub.clean_uploads)
+        if removed:
+            log.info("removed %d staged upload(s) left by a server that stopped", removed)
+        resumed = await run_in_threadpool(the_hub.resume_jobs)
+        if resumed:
+            log.info("resumed %d job(s) left by a server that stopped", resumed)
+        yield
+        if hub is None:
+            the_hub.close()
+
+    app = FastAPI(
+        title="lora-hub",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.hub = the_hub
+
+    @app.exception_handler(LoraHubError)
+    async def _lorahub_error(request: Request, exc: LoraHubError) -> JSONResponse:
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if isinstance(exc, AdapterNotFoundError) and not (principal and principal.sees_everything):
+            exc = AdapterNotFoundError(exc.name)  # its "did you mean" could name other namespaces
+        return _error_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error_response(InvalidArgumentError(f"invalid request: {where}: {first.get('msg', 'invalid')}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(exc.status_code, "ERROR")
+        body = {"errors": [{"code": code, "message": str(exc.detail), "detail": None}]}
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        body = {"errors": [{"code": "INTERNAL", "message": f"internal error: {type(exc).__name__}", "detail": None}]}
+        return JSONResponse(body, status_code=500)
+
+    app.add_middleware(_EarlyLimit, blob_limit=cfg.max_upload_bytes)
+
+    def _ref(text: str) -> Ref:
+        return Ref.parse(text)
+
+    def _need_ref(caller: Principal, text: str, scope: str) -> Ref:
+        ref = _ref(text)
+        caller.need(ref.adapter.namespace, scope, lambda: AdapterNotFoundError(str(ref.adapter)))
+        return ref
+
+    # --- health ----------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """The catalog answers (one small query) and the blob store is usable."""
+        try:
+            the_hub.search(ListQuery(limit=1))
+            the_hub.blob_size("sha256:" + "0" * 64)
+        except LoraHubError as exc:
+            return JSONResponse({"status": "unavailable", **error_body(exc)}, status_code=503)
+        return JSONResponse({"status": "ready", "version": __version__})
+
+    # --- adapters --------------------------------------------------------------------------------
+    @app.get("/v1/adapters", tags=["adapters"])
+    def list_adapters(caller: Caller, query: Annotated[ListQuery, Query()]) -> VersionPage:
+        """Versions matching the query (``lorahub list``: ``where``, ``sort``, ...)."""
+        caller.need_any()
+        if caller.token is not None and not caller.sees_everything:
+            pattern = caller.token.namespace
+            if query.namespace is not None:
+                if not caller.token.covers(query.namespace):
+                    return VersionPage(items=[], offset=query.offset, limit=query.limit, total=0)
+            elif "*" in pattern:
+                raise InvalidArgumentError(
+                    f"this token reads the namespaces {pattern}: list one of them at a time",
+                    hint="pass --namespace NS",
+                )
+            else:
+                query = query.model_copy(update={"namespace": pattern})
+        return the_hub.search(query)
+
+    @app.get("/v1/adapters/{ref:path}/-/versions", tags=["adapters"])
+    def versions(caller: Caller, ref: str) -> list[int]:
+        _need_ref(caller, ref, "read")
+        return the_hub.versions(ref)
+
+    @app.get("/v1/adapters/{ref:path}/-/any", tags=["adapters"])
+    def show_any(caller: Caller, ref: str) -> ShownAny:
+        """The adapter version, or else the base of that name (``lorahub show``)."""
+        parsed = _ref(ref)
+        found: AdapterVersion | BaseModelInfo
+        try:
+            caller.need(parsed.adapter.namespace, "read", lambda: AdapterNotFoundError(str(parsed.adapter)))
+        except AdapterNotFoundError:
+            # The namespace is not this caller's to read: only a base of that name may be shown.
+            if ":" in ref:
+                raise
+            try:
+                found = the_hub.base_show(ref)
+            except NotFoundError:
+                raise AdapterNotFoundError(str(parsed.adapter)) from None
+        else:
+            found = the_hub.show_any(ref)
+        if isinstance(found, BaseModelInfo):
+            return ShownAny(kind="base", base=found)
+        return ShownAny(kind="adapter", adapter=found, note=the_hub.name_clash(ref))
+
+    @app.put("/v1/adapters/{ref:path}/-/tags", tags=["adapters"])
+    def tag(caller: Caller, ref: str, tag: Annotated[str, Query()]) -> AdapterVersion:
+        """Point ``tag`` at the version ``ref``; it moves off the version that had it."""
+        _need_ref(caller, ref, "write")
+        return the_hub.tag(ref, tag)
+
+    @app.delete("/v1/adapters/{ref:path}/-/tags", tags=["adapters"])
+    def untag(caller: Caller, ref: str, tag: Annotated[str, Query()]) -> AdapterVersion:
+        _need_ref(caller, ref, "write")
+        return the_hub.untag(ref, tag)
+
+    @app.get("/v1/token", tags=["admin"])
+    def whoami(caller: Caller) -> dict[str, Any]:
+        """The caller's token (never its secret), or ``null`` for an anonymous caller."""
+        return {"token": caller.token.model_dump(mode="json") if caller.token else None}
+
+    @app.patch("/v1/adapters/{ref:path}/-/metrics", tags=["adapters"])
+    def set_metrics(caller: Caller, ref: str, body: MetricsBody) -> AdapterVersion:
+        _need_ref(caller, ref, "write")
+        return the_hub.set_metrics(ref, body.set, remove=body.remove)
+
+    @app.post("/v1/adapters/{name:path}/-/manifest", tags=["transfer"])
+    def commit(caller: Caller, name: str, body: ManifestBody, response: Response) -> PushResult:
+        """Commit a version as a manifest of stored blobs: 201 (new), 200 (identical content is
+        that version already), or 409 ``MANIFEST_BLOB_UNKNOWN`` with ``detail.missing``."""
+        _need_ref(caller, name, "write")
+        if body.base is not None:
+            caller.need_any()
+        result = the_hub.commit_manifest(
+            name, body.files, metrics=body.metrics, tags=body.tags, description=body.description, base=body.base,
+            source=body.source,
+        )  # fmt: skip
+        response.status_code = 201 if result.created else 200
+        return result
+
+    @app.get("/v1/adapters/{ref:path}", tags=["adapters"])
+    def show(caller: Caller, ref: str) -> AdapterVersion:
+        _need_ref(caller, ref, "read")
+        return the_hub.show(ref)
+
+    @app.delete("/v1/adapters/{ref:path}", tags=["adapters"])
+    def remove(caller: Caller, ref: str) -> AdapterVersion:
+        _need_ref(caller, ref, "write")
+        return the_hub.remove(ref)
+
+    # --- bases, validate, methods, gc --------------------------------------------------------------
+    @app.get("/v1/bases", tags=["bases"])
+    def base_list(caller: Caller) -> list[BaseModelInfo]:
+        caller.need_any()
+        return the_hub.base_list()
+
+    @app.get("/v1/bases/{name:path}", tags=["bases"])
+    def base_show(caller: Caller, name: str) -> BaseModelInfo:
+        caller.need_any()
+        return the_hub.base_show(name)
+
+    @app.post("/v1/validate", tags=["bases"])
+    def validate(caller: Caller, body: ValidateBody) -> CompatReport:
+        """Does a stored adapter fit a registered base (``lorahub validate``)?"""
+        _need_ref(caller, body.adapter, "read")
+        return the_hub.validate_stored(body.adapter, body.base)
+
+    @app.get("/v1/methods", tags=["merging"])
+    def methods(caller: Caller) -> list[dict[str, Any]]:
+        caller.need_any()
+        return the_hub.methods()
+
+    @app.post("/v1/gc", tags=["admin"])
+    def gc(caller: Caller, body: Annotated[GcBody, Body()] = GcBody()) -> GcReport:
+        caller.need_admin()
+        return the_hub.gc(dry_run=body.dry_run)
+
+    # --- blobs -----------------------------------------------------------------------------------
+    def _ns(segment: str) -> str:
+        return "" if segment == NO_NAMESPACE else segment
+
+    def _hidden_blob(digest: str) -> NotFoundError:
+        return NotFoundError(f"no blob {digest}", hint="upload it first")
+
+    @app.head("/v1/blobs/{namespace}/{digest}", tags=["transfer"])
+    def blob_head(caller: Caller, namespace: str, digest: str) -> Response:
+        """200 with ``Content-Length`` when the store holds the blob, else 404 (for writers of
+        ``namespace``, who are about to upload; readers see only the namespace's blobs)."""
+        ns = _ns(namespace)
+        parse_digest(digest)
+        writer = caller.token is not None and caller.token.allows(ns, "write")
+        if not writer:
+            caller.need(ns, "read", lambda: _hidden_blob(digest))
+            if not the_hub.namespace_uses_blob(ns, digest):
+                raise _hidden_blob(digest)
+        size = the_hub.blob_size(digest)
+        if size is None:
+            raise _hidden_blob(digest)
+        return Response(headers={"Content-Length": str(size), "Docker-Content-Digest": digest, "ETag": f'"{digest}"'})
+
+    @app.get("/v1/blobs/{namespace}/{digest}", tags=["transfer"], response_class=FileResponse)
+    def blob_get(caller: Caller, namespace: str, digest: str) -> FileResponse:
+        """The blob's bytes (Range requests answered; ``ETag`` is the digest), for readers of a
+        namespace that one of whose versions refers to it."""
+        ns = _ns(namespace)
+        parse_digest(digest)
+        caller.need(ns, "read", lambda: _hidden_blob(digest))
+        if not the_hub.namespace_uses_blob(ns, digest):
+            raise _hidden_blob(digest)
+        with the_hub.blob_file(digest) as path:
+            # A local store's blob is its own read-only file, which outlives this block.
+            return _BlobResponse(
+                path,
+                media_type="application/octet-stream",
+                headers={"ETag": f'"{digest}"', "Docker-Content-Digest": digest},
+            )
+
+    @app.put("/v1/blobs/{namespace}/{digest}", tags=["transfer"], status_code=201)
+    async def blob_put(caller: Caller, request: Request, namespace: str, digest: str) -> BlobStored:
+        """Stream one blob in (``application/octet-stream``): hashed as it is written to a staged
+        file, stored only if it matches ``digest`` (else 400 ``DIGEST_INVALID``, nothing stored).
+        The staged file itself becomes the blob (``store_blob`` adopts it: no copy, no second hash)."""
+        ns = _ns(namespace)
+        caller.need(
+            ns,
+            "write",
+            lambda: NotFoundError(f"no namespace {ns!r} for this token", hint="a token covers only its namespaces"),
+        )
+        parse_digest(digest)
+        with the_hub.upload_file() as staged:
+            got, size = await _receive(request, staged, cfg.max_upload_bytes)
+            if got != digest:
+                raise DigestMismatchError(
+                    f"the uploaded bytes hash to {got}, not {digest}: nothing was stored",
+                    hint="upload the file again; if it changes while it is read, wait until it does not",
+                )
+            written = await run_in_threadpool(the_hub.store_blob, staged, digest)
+        return BlobStored(digest=digest, size=size, written=written)
+
+    # --- jobs (lora_hub.core.jobs) ------------------------------------------------------------------
+    # A job names paths of the server's machine (base and adapter folders, outputs), so only an
+    # admin may submit, see or cancel one.
+
+    @app.post("/v1/jobs", tags=["jobs"], status_code=201)
+    def submit_job(caller: Caller, body: Annotated[dict[str, Any], Body()]) -> JobInfo:
+        """Submit a merge, export or pipeline (a ``JobRequest``); joins an identical active job.
+        On SQLite the server runs it in its own worker thread; on PostgreSQL `lorahub worker`s do."""
+        caller.need_admin()
+        return the_hub.submit_request(body)
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    def list_jobs(
+        caller: Caller, state: Annotated[str | None, Query()] = None, limit: Annotated[int, Query(ge=1)] = 50
+    ) -> list[JobInfo]:
+        caller.need_admin()
+        return the_hub.jobs(state=state, limit=limit)
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    def show_job(caller: Caller, job_id: str) -> JobInfo:
+        caller.need_admin()
+        return the_hub.job(job_id)
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    def cancel_job(caller: Caller, job_id: str) -> JobInfo:
+        """Cancel a queued job; ask a running one to stop."""
+        caller.need_admin()
+        return the_hub.cancel_job(job_id)
+
+    return app
+
+
+class _BlobResponse(FileResponse):
+    chunk_size = 1 << 20  # Starlette's 64 KiB costs a round of the event loop per 64 KiB
+
+
+class _EarlyLimit:
+    """Answer 413 from the request's headers, before any of its body is read (blobs up to
+    ``LORAHUB_MAX_UPLOAD_BYTES``, anything else up to ``MAX_JSON_BODY``). Plain ASGI, so that
+    request and response bodies stream through untouched."""
+
+    def __init__(self, app: ASGIApp, *, blob_limit: int) -> None:
+        self.app = app
+        self.blob_limit = blob_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = self.blob_limit if scope["path"].startswith("/v1/blobs/") else MAX_JSON_BODY
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > limit:
+                exc = BodyTooLargeError(
+                    f"the request body is {int(length):,} bytes; this server accepts at most {limit:,}",
+                    hint="LORAHUB_MAX_UPLOAD_BYTES sets the limit for blobs",
+                )
+                await _error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _receive(request: Request, path: Path, limit: int) -> tuple[str, int]:
+    """Write the request body to ``path`` as it arrives, hashing it; never more than ``limit``
+    bytes (413 as soon as it passes). Returns (digest, size)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "wb") as fh:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(f"the blob is over this server's limit of {limit:,} bytes")
+            h.update(chunk)
+            fh.write(chunk)
+    return "sha256:" + h.hexdigest(), size

@@ -1,0 +1,197 @@
+"""Tokens over HTTP: 401 with WWW-Authenticate, revocation and expiry at once, 404 (not 403) for
+a namespace the token cannot read, 403 where it can read but not write, optional anonymous read;
+and the authorisation matrix: every route x every kind of token x own and foreign namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lora_hub.catalog.tokens import hash_secret
+from tests.helpers import write_adapter
+from tests.service.conftest import Served, make_hub, serve
+
+
+def _get(served: Served, path: str, token: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(served.url + path, headers=headers)
+
+
+def test_no_token_is_401_with_www_authenticate(served: Served) -> None:
+    r = _get(served, "/v1/adapters", None)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer realm="lorahub"'
+    assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    bad = httpx.get(served.url + "/v1/adapters", headers={"Authorization": "Basic abc"})
+    assert bad.status_code == 401 and "Bearer" in bad.json()["errors"][0]["message"]
+    assert _get(served, "/v1/adapters", "lh_" + "x" * 43).status_code == 401
+
+
+def test_revocation_and_expiry_hold_on_the_next_request(served: Served) -> None:
+    created = served.hub.token_create("read", "acme")
+    assert _get(served, "/v1/adapters", created.secret).status_code == 200
+    served.hub.token_revoke(created.token.id)
+    r = _get(served, "/v1/adapters", created.secret)
+    assert r.status_code == 401 and "revoked" in r.json()["errors"][0]["message"]
+    expired = served.hub._ctx.catalog.tokens.create("read", "acme", expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    r = _get(served, "/v1/adapters", expired.secret)
+    assert r.status_code == 401 and "expired" in r.json()["errors"][0]["message"]
+
+
+def test_unreadable_namespace_looks_like_a_missing_name(served: Served, tmp_path: Path) -> None:
+    served.hub.push(write_adapter(tmp_path / "z", seed=1), "zeta/secret")
+    hidden = _get(served, "/v1/adapters/zeta/secret:1", served.tokens["read"])
+    missing = _get(served, "/v1/adapters/zeta/quite-unlike:1", served.tokens["admin"])
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json() == {
+        "errors": [
+            {
+                "code": "NOT_FOUND",
+                "message": "no adapter named 'zeta/secret'",
+                "detail": {"type": "AdapterNotFoundError", "hint": "run `lorahub list` to see what exists"},
+            }
+        ]
+    }
+    assert missing.json()["errors"][0]["detail"] == hidden.json()["errors"][0]["detail"]
+    # The "did you mean" hint is not given to a token that cannot see every namespace.
+    near = _get(served, "/v1/adapters/acme/secret:1", served.tokens["read"]).json()["errors"][0]
+    assert near["detail"]["hint"] == "run `lorahub list` to see what exists"
+    assert "zeta/secret" in _get(served, "/v1/adapters/acme/secret:1", served.tokens["admin"]).text
+
+
+def test_read_token_may_not_write(served: Served, tmp_path: Path) -> None:
+    served.hub.push(write_adapter(tmp_path / "a", seed=1), "acme/a")
+    r = httpx.put(
+        served.url + "/v1/adapters/acme/a:1/-/tags",
+        params={"tag": "prod"},
+        headers={"Authorization": f"Bearer {served.tokens['read']}"},
+    )
+    assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
+    assert served.hub.show("acme/a:1").tags == []
+
+
+def test_tokens_are_stored_as_hashes_only(served: Served) -> None:
+    created = served.hub.token_create("write", "team-*", expires="30d", label="ci")
+    from sqlalchemy import text
+
+    with served.hub._ctx.catalog.db.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(text("SELECT * FROM api_tokens"))]
+    assert not any(created.secret in str(cell) for row in rows for cell in row)
+    import hashlib
+
+    expected = "sha256:" + hashlib.sha256(created.secret.encode()).hexdigest()
+    assert expected == hash_secret(created.secret)
+    assert any(expected in row for row in rows)
+    listed = {t.id: t for t in served.hub.token_list()}
+    t = listed[created.token.id]
+    assert (t.scope, t.namespace, t.label, t.state()) == ("write", "team-*", "ci", "active")
+    assert t.expires_at is not None and timedelta(days=29) < t.expires_at - datetime.now(UTC) <= timedelta(days=30)
+
+
+def test_anonymous_read_when_the_server_allows_it(tmp_path: Path, catalog_url: str) -> None:
+    with make_hub(tmp_path / "h", catalog_url, anonymous_read=True) as hub, serve(hub) as url:
+        hub.push(write_adapter(tmp_path / "a", seed=1), "acme/a")
+        listed = httpx.get(url + "/v1/adapters")
+        assert listed.status_code == 200 and [v["ref"] for v in listed.json()["items"]] == ["acme/a:1"]
+        assert httpx.get(url + "/v1/adapters/acme/a:1").status_code == 200
+        r = httpx.put(url + "/v1/adapters/acme/a:1/-/tags", params={"tag": "x"})
+        assert r.status_code == 401
+
+
+# --- the matrix ---------------------------------------------------------------------------------
+
+Call = Callable[[httpx.Client, str], httpx.Response]
+KINDS = ["admin", "write", "read", "other", "none", "expired", "revoked"]
+
+
+def _routes(served: Served, src: Path, digests: dict[str, str], files: dict[str, list[dict[str, object]]]) -> dict[
+    str, tuple[str, Call]
+]:  # fmt: skip
+    """route name -> (what it needs: read | write | admin | any, the request for a namespace)."""
+
+    def rm(c: httpx.Client, ns: str) -> httpx.Response:
+        v = served.hub.push(src, f"{ns}/victim").version  # the same version until it is removed
+        return c.delete(f"/v1/adapters/{ns}/victim:{v.version}")
+
+    return {
+        "show": ("read", lambda c, ns: c.get(f"/v1/adapters/{ns}/m:1")),
+        "versions": ("read", lambda c, ns: c.get(f"/v1/adapters/{ns}/m/-/versions")),
+        "show_any": ("read", lambda c, ns: c.get(f"/v1/adapters/{ns}/m:1/-/any")),
+        "show_any_bare": ("read", lambda c, ns: c.get(f"/v1/adapters/{ns}/m/-/any")),
+        "list_ns": ("read", lambda c, ns: c.get("/v1/adapters", params={"namespace": ns})),
+        "blob_head": ("read", lambda c, ns: c.head(f"/v1/blobs/{ns}/{digests[ns]}")),
+        "blob_get": ("read", lambda c, ns: c.get(f"/v1/blobs/{ns}/{digests[ns]}")),
+        "tag": ("write", lambda c, ns: c.put(f"/v1/adapters/{ns}/m:1/-/tags", params={"tag": "t"})),
+        "untag": ("write", lambda c, ns: c.delete(f"/v1/adapters/{ns}/m:1/-/tags", params={"tag": "t"})),
+        "metrics": ("write", lambda c, ns: c.patch(f"/v1/adapters/{ns}/m:1/-/metrics", json={"set": {"acc": 1}})),
+        "manifest": ("write", lambda c, ns: c.post(f"/v1/adapters/{ns}/m/-/manifest", json={"files": files[ns]})),
+        "blob_put": (
+            "write",
+            lambda c, ns: c.put(f"/v1/blobs/{ns}/{digests[ns]}", content=(src / "adapter_config.json").read_bytes()),
+        ),
+        "rm": ("write", rm),
+        "gc": ("admin", lambda c, ns: c.post("/v1/gc", json={"dry_run": True})),
+        "bases": ("any", lambda c, ns: c.get("/v1/bases")),
+        "methods": ("any", lambda c, ns: c.get("/v1/methods")),
+    }
+
+
+def _expected(kind: str, ns: str, needs: str, route: str) -> int:
+    """The answer, from the rules alone: the token table of the module docstring."""
+    scope = {"admin": ("admin", "*"), "write": ("write", "acme"), "read": ("read", "acme"), "other": ("write", "other")}
+    if kind in ("none", "expired", "revoked"):
+        return 401
+    level, pattern = scope[kind]
+    rank = ["read", "write", "admin"]
+    if needs == "any":
+        return 200
+    if needs == "admin":
+        return 200 if (level, pattern) == ("admin", "*") else 403
+    covers = pattern == "*" or pattern == ns
+    if not covers:
+        return 200 if route == "list_ns" else 404  # a listing of an unreadable namespace is empty
+    if rank.index(level) < rank.index(needs):
+        return 403
+    return 201 if route == "blob_put" else 200
+
+
+def test_authorisation_matrix(served: Served, tmp_path: Path) -> None:
+    src = write_adapter(tmp_path / "m", seed=7)
+    digests, files = {}, {}
+    for ns in ("acme", "zeta"):
+        v = served.hub.push(src, f"{ns}/m").version
+        files[ns] = [f.model_dump() for f in v.files]
+        digests[ns] = next(f.digest for f in v.files if f.path == "adapter_config.json")
+    secrets = dict(served.tokens)
+    secrets["expired"] = served.hub._ctx.catalog.tokens.create(
+        "write", "acme", expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    ).secret
+    revoked = served.hub.token_create("admin", "*")
+    served.hub.token_revoke(revoked.token.id)
+    secrets["revoked"] = revoked.secret
+    wrong = []
+    checked = 0
+    for kind in KINDS:
+        headers = {"Authorization": f"Bearer {secrets[kind]}"} if kind != "none" else {}
+        with httpx.Client(base_url=served.url, headers=headers) as c:
+            for ns in ("acme", "zeta"):
+                for route, (needs, call) in _routes(served, src, digests, files).items():
+                    got = call(c, ns).status_code
+                    want = _expected(kind, ns, needs, route)
+                    checked += 1
+                    if got != want:
+                        wrong.append((kind, ns, route, got, want))
+    assert checked == len(KINDS) * 2 * 16
+    assert wrong == []
+
+
+@pytest.mark.parametrize("pattern,ns,covered", [("*", "", True), ("acme", "acme", True), ("acme", "acme2", False),
+                                                ("acme-*", "acme-ml", True), ("acme-*", "acme", False),
+                                                ("acme", "", False)])  # fmt: skip
+def test_namespace_patterns(served: Served, pattern: str, ns: str, covered: bool) -> None:
+    token = served.hub.token_create("read", pattern).token
+    assert token.covers(ns) is covered
