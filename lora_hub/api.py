@@ -456,11 +456,9 @@ class Hub:
         """Hand a pipeline (or a plain merge: a pipeline without exports) to the workers, after
         the checks ``run_pipeline`` makes first; an identical active request is joined."""
         from lora_hub.core import jobs as job_core
-        from lora_hub.core import pipeline as pipelines
 
-        spec = pipeline if isinstance(pipeline, pipelines.PipelineSpec) else pipelines.load(pipeline)
-        request = job_core.JobRequest(kind="pipeline", pipeline=spec, device=device, recompute=recompute,
-                                      force=force, overwrite=overwrite)  # fmt: skip
+        request = job_core.pipeline_request(pipeline, device=device, recompute=recompute, force=force,
+                                            overwrite=overwrite)  # fmt: skip
         return job_core.submit(self._ctx, request)
 
     def submit_export(
@@ -482,11 +480,9 @@ class Hub:
         """Hand an export (``export``'s arguments) to the workers."""
         from lora_hub.core import jobs as job_core
 
-        export = job_core.ExportRequest(model=str(model), output=os.path.abspath(output), format=format, dtype=dtype,
-                                        device=device, max_batch=max_batch, max_seq=max_seq, opset=opset,
-                                        with_cache=with_cache)  # fmt: skip
-        request = job_core.JobRequest(kind="export", export=export, recompute=recompute, force=force,
-                                      overwrite=overwrite)  # fmt: skip
+        request = job_core.export_request(model, output, format, dtype=dtype, device=device, max_batch=max_batch,
+                                          max_seq=max_seq, opset=opset, with_cache=with_cache, recompute=recompute,
+                                          force=force, overwrite=overwrite)  # fmt: skip
         return job_core.submit(self._ctx, request)
 
     def job(self, job_id: str) -> JobInfo:

@@ -91,6 +91,35 @@ class JobRequest(BaseModel):
         return hash_bytes(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
 
 
+def pipeline_request(
+    spec: PipelineSpec | str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    recompute: bool = False,
+    force: bool = False,
+    overwrite: bool = False,
+) -> JobRequest:
+    """The request of ``lorahub run`` (a spec, or its YAML file, read here)."""
+    spec = spec if isinstance(spec, PipelineSpec) else pipeline.load(spec)
+    return JobRequest(kind="pipeline", pipeline=spec, device=device, recompute=recompute, force=force,
+                      overwrite=overwrite)  # fmt: skip
+
+
+def export_request(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    format: str,
+    *,
+    recompute: bool = False,
+    force: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> JobRequest:
+    """The request of ``lorahub export`` (``options``: those of ``ExportRequest``)."""
+    export = ExportRequest(model=str(model), output=os.path.abspath(output), format=format, **options)
+    return JobRequest(kind="export", export=export, recompute=recompute, force=force, overwrite=overwrite)
+
+
 def _need_queue(ctx: Context) -> None:
     if ctx.catalog.db.is_sqlite:
         raise NotSupportedError(

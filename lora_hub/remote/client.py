@@ -556,11 +556,9 @@ class RemoteHub:
         overwrite: bool = False,
     ) -> JobInfo:
         from lora_hub.core import jobs as job_core
-        from lora_hub.core import pipeline as pipelines
 
-        spec = pipeline if isinstance(pipeline, pipelines.PipelineSpec) else pipelines.load(pipeline)
-        request = job_core.JobRequest(kind="pipeline", pipeline=spec, device=device, recompute=recompute,
-                                      force=force, overwrite=overwrite)  # fmt: skip
+        request = job_core.pipeline_request(pipeline, device=device, recompute=recompute, force=force,
+                                            overwrite=overwrite)  # fmt: skip
         return self._submit(request.model_dump(mode="json"))
 
     def _submit(self, request: dict[str, Any]) -> JobInfo:
@@ -584,11 +582,9 @@ class RemoteHub:
     ) -> JobInfo:
         from lora_hub.core import jobs as job_core
 
-        export = job_core.ExportRequest(model=str(model), output=str(output), format=format, dtype=dtype,
-                                        device=device, max_batch=max_batch, max_seq=max_seq, opset=opset,
-                                        with_cache=with_cache)  # fmt: skip
-        request = job_core.JobRequest(kind="export", export=export, recompute=recompute, force=force,
-                                      overwrite=overwrite)  # fmt: skip
+        request = job_core.export_request(model, output, format, dtype=dtype, device=device, max_batch=max_batch,
+                                          max_seq=max_seq, opset=opset, with_cache=with_cache, recompute=recompute,
+                                          force=force, overwrite=overwrite)  # fmt: skip
         return self._submit(request.model_dump(mode="json"))
 
     def job(self, job_id: str) -> JobInfo:
