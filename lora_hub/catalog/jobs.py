@@ -138,10 +138,6 @@ class Jobs:
                 self._log(row, message)
             return row.cancel_requested
 
-    def cancel_requested(self, job_id: str) -> bool:
-        with self.db.session() as s:
-            return bool(s.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
-
     def finish(
         self,
         job_id: str,

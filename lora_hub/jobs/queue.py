@@ -63,11 +63,11 @@ def _app(database_url: str, role: str) -> Any:
     procrastinate = _procrastinate()
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(database_url)))
 
-    @app.task(name=TASK, pass_context=True)
-    def run_job(context: Any, job_id: str) -> None:
+    @app.task(name=TASK)
+    def run_job(job_id: str) -> None:
         from lora_hub.jobs.worker import run_in_worker
 
-        run_in_worker(database_url, job_id, context)
+        run_in_worker(database_url, job_id)
 
     @app.periodic(cron="*/5 * * * * *")  # every 5 s
     @app.task(name="lorahub.retry_stalled", queue="any", pass_context=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from lora_hub._context import Context
 from lora_hub.core import jobs
@@ -30,7 +29,7 @@ def _context(database_url: str) -> Context:
         return _contexts[database_url]
 
 
-def run_in_worker(database_url: str, job_id: str, context: Any = None) -> None:
+def run_in_worker(database_url: str, job_id: str) -> None:
     """The task's body: run the job on this process's context."""
     jobs.run(_context(database_url), job_id)
 
