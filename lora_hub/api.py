@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from lora_hub.jobs.inprocess import InProcessWorker
     from lora_hub.rank.types import ExtractResult, RankAnalysis, ReduceResult
 
-__all__ = ["CreatedToken", "Hub", "HubAPI", "ServingHub", "TokenInfo", "hub_sync", "open_hub"]
+__all__ = ["CreatedToken", "Hub", "HubAPI", "ServingHub", "TokenInfo", "open_hub"]
 
 # The result types of the capabilities whose packages load torch, importable from here without
 # loading it at ``import lora_hub.api`` (front ends name them only in annotations).
@@ -359,6 +359,19 @@ class HubAPI(Protocol):
         token: str | None = None,
         progress: Progress | None = None,
     ) -> HubExportResult: ...
+
+    def hub_sync(
+        self,
+        namespace: str,
+        org: str,
+        *,
+        pull: bool = False,
+        dry_run: bool = False,
+        private: bool = False,
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: Progress | None = None,
+    ) -> HubSyncResult: ...
 
 
 class Hub:
@@ -915,6 +928,27 @@ class Hub:
         return hubsync.export(self._ctx, ref, repo_id, revision=revision, private=private, create=create,
                               endpoint=endpoint, token=token, progress=progress)  # fmt: skip
 
+    def hub_sync(
+        self,
+        namespace: str,
+        org: str,
+        *,
+        pull: bool = False,
+        dry_run: bool = False,
+        private: bool = False,
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: Progress | None = None,
+    ) -> HubSyncResult:
+        """Mirror the namespace ``namespace`` to the Hub organisation ``org`` (the latest version of
+        each adapter to ``ORG/NAME``), or with ``pull`` import ``ORG``'s adapter repos into it; the
+        plan is made from reads alone, and ``dry_run`` returns it (``lora_hub.core.hubsync.sync``).
+        Every step is a ``hub_export`` or ``hub_import``, so a second run changes nothing."""
+        from lora_hub.core import hubsync
+
+        return hubsync.sync(self._ctx, namespace, org, pull=pull, dry_run=dry_run, private=private,
+                            endpoint=endpoint, token=token, progress=progress)  # fmt: skip
+
 
 class ServingHub(Hub):
     """The local ``Hub`` plus what ``lorahub serve`` needs and no client offers (so not part of
@@ -1029,29 +1063,6 @@ class ServingHub(Hub):
     def validate_stored(self, ref: str, base: str) -> CompatReport:
         """``validate`` for a stored adapter version and a registered base only (no folders)."""
         return transfer.validate_stored(self._ctx, ref, base)
-
-
-def hub_sync(
-    hub: Hub,
-    namespace: str,
-    org: str,
-    *,
-    pull: bool = False,
-    dry_run: bool = False,
-    private: bool = False,
-    endpoint: str | None = None,
-    token: str | None = None,
-    progress: Progress | None = None,
-) -> HubSyncResult:
-    """Mirror the namespace ``namespace`` of the local ``hub`` to the Hub organisation ``org`` (the
-    latest version of each adapter to ``ORG/NAME``), or with ``pull`` import ``ORG``'s adapter repos
-    into it; the plan is made from reads alone, and ``dry_run`` returns it
-    (``lora_hub.core.hubsync.sync``). A function rather than a ``Hub`` method for now: it runs on
-    the local catalog only, and is not part of ``HubAPI`` (which the remote client implements)."""
-    from lora_hub.core import hubsync
-
-    return hubsync.sync(hub._ctx, namespace, org, pull=pull, dry_run=dry_run, private=private,
-                        endpoint=endpoint, token=token, progress=progress)  # fmt: skip
 
 
 def open_hub(settings: Settings | None = None) -> HubAPI:

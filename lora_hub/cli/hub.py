@@ -6,9 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lora_hub.api import Hub, hub_sync
 from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, human_bytes, print_json, say, warn
-from lora_hub.errors import NotSupportedError
 
 if TYPE_CHECKING:
     from lora_hub.api import HubExportResult
@@ -151,10 +149,7 @@ def sync(
 
     Example: lorahub hub sync acme lora-org --dry-run
     """
-    h = hub()
-    if not isinstance(h, Hub):
-        raise NotSupportedError("hub sync runs against the local catalog only", hint="unset LORAHUB_URL")
-    result = hub_sync(h, namespace, org, pull=pull, dry_run=dry_run, private=private, endpoint=endpoint,
+    result = hub().hub_sync(namespace, org, pull=pull, dry_run=dry_run, private=private, endpoint=endpoint,
                         progress=RichProgress(not json))  # fmt: skip
     if json:
         print_json(result)

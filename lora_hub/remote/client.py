@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         HubAPI,
         HubExportResult,
         HubImportResult,
+        HubSyncResult,
         PipelineResult,
         PipelineSpec,
         RankAnalysis,
@@ -636,6 +637,20 @@ class RemoteHub:
         progress: Progress | None = None,
     ) -> HubExportResult:
         self._unsupported("Hugging Face Hub export")
+
+    def hub_sync(
+        self,
+        namespace: str,
+        org: str,
+        *,
+        pull: bool = False,
+        dry_run: bool = False,
+        private: bool = False,
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: Progress | None = None,
+    ) -> HubSyncResult:
+        self._unsupported("Hugging Face Hub sync")
 
 
 if TYPE_CHECKING:

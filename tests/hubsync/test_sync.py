@@ -1,4 +1,4 @@
-"""``lora_hub.api.hub_sync`` / ``lorahub hub sync``: a namespace mirrored to an organisation and back, the plan first
+"""``Hub.hub_sync`` / ``lorahub hub sync``: a namespace mirrored to an organisation and back, the plan first
 (``--dry-run`` writes nothing), and a second sync doing nothing."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from lora_hub import Hub
-from lora_hub.api import hub_sync
 from lora_hub.cli.main import app
 from tests.helpers import write_adapter
 from tests.hubsim import HubSim
@@ -21,7 +20,7 @@ def _writes(hf_hub: HubSim) -> int:
 
 
 def _sync(hub: Hub, hf_hub: HubSim, **kw: object):  # type: ignore[no-untyped-def]
-    return hub_sync(hub, "acme", "lora-org", endpoint=hf_hub.url, token=hf_hub.write_token, **kw)  # type: ignore[arg-type]
+    return hub.hub_sync("acme", "lora-org", endpoint=hf_hub.url, token=hf_hub.write_token, **kw)  # type: ignore[arg-type]
 
 
 def test_sync_to_an_org_and_back(hub: Hub, hf_hub: HubSim, tmp_path: Path) -> None:
@@ -46,13 +45,13 @@ def test_sync_to_an_org_and_back(hub: Hub, hf_hub: HubSim, tmp_path: Path) -> No
     hf_hub.create_repo("lora-org/notes")
     hf_hub.commit("lora-org/notes", {"notes.txt": b"not an adapter"})
     with Hub(tmp_path / "home2", database_url=f"sqlite:///{tmp_path / 'c2.db'}") as other:
-        pulled = hub_sync(other, "acme", "lora-org", pull=True, endpoint=hf_hub.url, token=hf_hub.read_token)
+        pulled = other.hub_sync("acme", "lora-org", pull=True, endpoint=hf_hub.url, token=hf_hub.read_token)
         assert [(i.name, i.action) for i in pulled.items] == [
             ("acme/chat", "create"), ("acme/notes", "skip"), ("acme/sql", "create"),
         ]  # fmt: skip
         for name in ("acme/chat", "acme/sql"):
             assert other.show(name).digest == hub.show(name).digest
-        again_pulled = hub_sync(other, "acme", "lora-org", pull=True, endpoint=hf_hub.url, token=hf_hub.read_token)
+        again_pulled = other.hub_sync("acme", "lora-org", pull=True, endpoint=hf_hub.url, token=hf_hub.read_token)
         assert [i.action for i in again_pulled.items] == ["up to date", "skip", "up to date"]
 
 
