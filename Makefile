@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # The CPU build of torch that this machine keeps on disk; install it before anything asks for torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint typecheck format clean
+.PHONY: setup demo test test-hub-oldest lint typecheck format clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ SOURCES := lora_hub tests bench scripts migrations
 # lint (ruff, formatting, types, layer rules), then the whole suite
 test: lint
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+	VENV=$(VENV) bash scripts/test_hub_oldest.sh
+
+# the Hub sync tests again with the oldest huggingface_hub pyproject.toml admits
+test-hub-oldest: setup
+	VENV=$(VENV) bash scripts/test_hub_oldest.sh
 
 lint: setup
 	$(VENV)/bin/ruff check $(SOURCES)

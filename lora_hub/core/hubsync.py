@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,6 @@ from lora_hub.core.common import check_free_space, check_space, is_base_name
 from lora_hub.errors import (
     HubConflictError,
     HubNotFoundError,
-    IntegrityError,
     InvalidAdapterError,
     InvalidArgumentError,
     InvalidModelError,
@@ -56,7 +56,7 @@ from lora_hub.hashing import hash_file
 from lora_hub.hubsync import card
 from lora_hub.hubsync.client import HubClient, RemoteFile, Snapshot, git_blob_oid, split_spec
 from lora_hub.hubsync.types import HubExportResult, HubImportResult, HubSyncResult, SyncItem
-from lora_hub.progress import NoProgress, Progress
+from lora_hub.progress import Advance, NoProgress, Progress
 from lora_hub.refs import AdapterName, check_part, check_tag
 from lora_hub.types import AdapterVersion, BaseAddResult, BaseModelInfo, FileEntry, ListQuery
 
@@ -419,7 +419,7 @@ def export(
     progress = progress or NoProgress()
     repo_id, _ = split_spec(repo_id)
     item = _export_item(ctx, ref)
-    local, stored = _export_files(ctx, item)
+    local = _export_files(ctx, item)
     # A version that carries its own README.md: its text is the card's starting point (when the
     # repo has none yet); the card itself is generated.
     own_card = local.pop(CARD, None)
@@ -430,7 +430,6 @@ def export(
     if create and not dry_run:
         client.create_repo(repo_id, private=private)
     attempts = 0
-    checked: set[str] = set()
     while True:
         attempts += 1
         try:
@@ -467,8 +466,10 @@ def export(
             commit, created, uploaded = head, False, 0
             break
         uploaded = sum(len(v) if isinstance(v, bytes) else v.stat().st_size for v in changed.values())
-        _check_stored(ctx, item, {p: local[p][1] for p in changed if p in stored}, checked)
         with progress.task(f"uploading to {repo_id}", uploaded) as advance:
+            sent = _Counted(advance)
+            # Each file is checked against its recorded sha256 as it is read to be sent (a damaged
+            # blob fails the export before the commit); the client then hashes nothing itself.
             oid = client.commit(
                 repo_id,
                 changed,
@@ -477,8 +478,9 @@ def export(
                 message=f"lora-hub: {_label(item)}",
                 description=f"Exported by lora-hub from {_label(item)} ({_digest(item)}).",
                 digests={p: digest for p, (_, digest) in local.items()},
+                advance=sent,
             )
-            advance(uploaded)
+            advance(max(0, uploaded - sent.total))  # the card, and files the Hub already had
         if oid is not None:
             commit, created = oid, True
             break
@@ -534,12 +536,12 @@ def _export_item(ctx: Context, ref: str) -> AdapterVersion | BaseModelInfo:
         raise
 
 
-def _export_files(ctx: Context, item: AdapterVersion | BaseModelInfo) -> tuple[dict[str, tuple[Path, str]], set[str]]:
-    """Each file to export by its path in the repo: a local file holding it, and its sha256; and the
-    paths that are blobs of the store (checked by ``_check_stored`` before they are sent; a folder's
-    files are hashed here)."""
+def _export_files(ctx: Context, item: AdapterVersion | BaseModelInfo) -> dict[str, tuple[Path, str]]:
+    """Each file to export by its path in the repo: a local file holding it, and its sha256 (the
+    catalog's for blobs of the store; a registered folder's files are hashed here). Every file is
+    checked against that sha256 again as it is sent."""
     if isinstance(item, AdapterVersion):
-        return {f.path: (ctx.local_copy(f.digest), f.digest) for f in item.files}, {f.path for f in item.files}
+        return {f.path: (ctx.local_copy(f.digest), f.digest) for f in item.files}
     from lora_hub.core import bases
 
     out: dict[str, tuple[Path, str]] = {}
@@ -547,7 +549,7 @@ def _export_files(ctx: Context, item: AdapterVersion | BaseModelInfo) -> tuple[d
         for f in item.files:
             assert f.digest is not None
             out[f.path] = (ctx.local_copy(f.digest), f.digest)
-        return out, set(out)
+        return out
     full = ctx.catalog.bases.get(item.name or "")
     model = bases.base_weights(ctx, full)
     if model is None:
@@ -556,23 +558,21 @@ def _export_files(ctx: Context, item: AdapterVersion | BaseModelInfo) -> tuple[d
         path = model.files.get(f.path) or Path(item.path or ".") / f.path
         digest, _ = hash_file(path)
         out[f.path] = (path, digest)
-    return out, set()
+    return out
 
 
-def _check_stored(
-    ctx: Context, item: AdapterVersion | BaseModelInfo, digests: Mapping[str, str], checked: set[str]
-) -> None:
-    """Re-hash the stored blobs about to be sent (once each): a damaged blob is never exported."""
-    for path, digest in digests.items():
-        if digest in checked:
-            continue
-        state, _ = ctx.store.check(digest)
-        if state != "ok":
-            raise IntegrityError(
-                f"{path} of {_label(item)} is {state} in the blob store ({digest}); nothing was exported",
-                hint="push the folder again (it rewrites damaged blobs); `lorahub verify --all` checks every blob",
-            )
-        checked.add(digest)
+class _Counted:
+    """An ``Advance`` that also counts what it reported (called from the client's upload threads)."""
+
+    def __init__(self, advance: Advance) -> None:
+        self._advance = advance
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+            self._advance(n)
 
 
 def _label(item: AdapterVersion | BaseModelInfo) -> str:

@@ -12,6 +12,11 @@ emulator in ``tests/hubsim``):
   alone, guarded by ``parent_commit`` (a stale parent is a plain ``HfHubHTTPError`` with status 412).
 - A ``create_commit`` whose files are all unchanged makes no commit and does not check
   ``parent_commit``; callers skip unchanged files themselves, so that case never reaches it.
+- The client reads a file it uploads through ``CommitOperationAdd.as_file`` (the LFS PUT, the
+  base64 body of a small file, the README check). Exports hand it ``_CheckedAdd``, whose
+  ``as_file`` hashes the bytes as the client reads them (on a second thread) and refuses a file
+  whose sha256 is not the one the catalog records before the commit is made: a damaged blob
+  never lands in a commit, and each byte is read once, not once to check and again to send.
 
 Every error of the client becomes a ``lora_hub.errors`` error with a hint (``translate``).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import queue
 import threading
@@ -36,6 +42,7 @@ from lora_hub.errors import (
     InvalidArgumentError,
     LoraHubError,
 )
+from lora_hub.hashing import hash_file
 from lora_hub.progress import Advance
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -289,21 +296,28 @@ class HubClient:
         message: str,
         description: str | None = None,
         digests: Mapping[str, str] | None = None,
+        advance: Advance | None = None,
     ) -> str | None:
         """One atomic commit of ``files`` on ``branch`` on top of ``parent``; returns its sha, or
         None when ``branch`` moved since ``parent`` was read (the Hub's 412). ``digests`` are the
-        files' sha256, already checked by the caller: the client then does not read the files a
-        second time to hash them."""
+        files' sha256 as the catalog records them: each such file is checked as the client reads
+        it to send it (``_CheckedAdd``), so it is read once; a mismatch raises ``IntegrityError``
+        before anything is committed. ``advance`` gets the bytes of those files as they are read
+        for sending."""
         from huggingface_hub import CommitOperationAdd
         from huggingface_hub.errors import HfHubHTTPError
 
-        ops = []
+        checked = _checked_add_class()
+        ops: list[Any] = []
         for path, src in files.items():
-            op = CommitOperationAdd(path_in_repo=path, path_or_fileobj=src)
             digest = (digests or {}).get(path)
-            if digest is not None and isinstance(src, Path):
-                with contextlib.suppress(AttributeError):  # an UploadInfo without a settable sha256
-                    op.upload_info.sha256 = bytes.fromhex(digest.removeprefix("sha256:"))
+            if digest is None or not isinstance(src, Path):
+                ops.append(CommitOperationAdd(path_in_repo=path, path_or_fileobj=src))
+                continue
+            op = checked(path_in_repo=path, path_or_fileobj=src)
+            op.expect(digest, advance)
+            with contextlib.suppress(AttributeError):  # an UploadInfo without a settable sha256
+                op.upload_info.sha256 = bytes.fromhex(digest.removeprefix("sha256:"))
             ops.append(op)
         with translate(repo_id, branch), _quiet():
             try:
@@ -319,7 +333,151 @@ class HubClient:
                 if _status(exc) == 412:
                     return None
                 raise
+            except Exception:
+                # The client wraps what an upload raised (RuntimeError "Error while uploading"):
+                # a file refused by its check is reported as what it is.
+                for op in ops:
+                    if isinstance(op, checked) and op.failure is not None:
+                        raise op.failure from None
+                raise
         return str(info.oid)
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only view of a file being uploaded, which hashes the bytes as they are read, in file
+    order, on a second thread (``hashlib`` releases the GIL, so hashing overlaps the socket
+    writes), and checks them against ``expected`` before it hands out the file's last bytes: a
+    file whose content is not what the catalog records is never sent whole, so no request body
+    carrying it can complete, and the error is raised from the read. Bytes read again (a retried
+    PUT) are not hashed twice; after a read that skips ahead, the check hashes the file itself."""
+
+    def __init__(self, raw: io.BufferedReader, size: int, check: Any, advance: Advance) -> None:
+        super().__init__()
+        self._raw = raw
+        self._size = size
+        self._check = check  # (sha256:<hex> | None) -> None, raises on a mismatch
+        self._advance = advance
+        self._sha = hashlib.sha256()
+        self._covered = 0  # bytes [0, covered) are hashed
+        self._gap = False
+        self._checked = False
+        self._failure: BaseException | None = None
+        self._work: queue.Queue[memoryview | None] = queue.Queue(maxsize=64)
+        self._thread: threading.Thread | None = None
+
+    def _hash_loop(self) -> None:
+        while (chunk := self._work.get()) is not None:
+            self._sha.update(chunk)
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._work.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _take(self, pos: int, data: bytes) -> None:
+        end = pos + len(data)
+        if pos > self._covered:
+            self._gap = True
+        if not self._gap and end > self._covered:
+            new = memoryview(data)[self._covered - pos :]
+            self._covered = end
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._hash_loop, name="lorahub-hub-upload-hash", daemon=True)
+                self._thread.start()
+            self._work.put(new)
+            self._advance(len(new))
+        if self._failure is not None:  # a retried request never gets the last bytes either
+            raise self._failure
+        if end >= self._size and not self._checked:  # the last bytes: checked before anyone gets them
+            self._stop()
+            self._checked = True
+            try:
+                self._check(None if self._gap else "sha256:" + self._sha.hexdigest())
+            except BaseException as exc:
+                self._failure = exc
+                raise
+
+    def read(self, size: int | None = -1) -> bytes:
+        pos = self._raw.tell()
+        data = self._raw.read(-1 if size is None else size)
+        if data or pos >= self._size:
+            self._take(pos, data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+
+_CHECKED: type | None = None
+
+
+def _checked_add_class() -> Any:
+    """``CommitOperationAdd`` whose reads are checked against the sha256 the catalog records
+    (built on first use: ``huggingface_hub`` is imported only when the Hub is used)."""
+    global _CHECKED
+    if _CHECKED is not None:
+        return _CHECKED
+    from huggingface_hub import CommitOperationAdd
+
+    class _CheckedAdd(CommitOperationAdd):
+        expected: str = ""
+        failure: IntegrityError | None = None
+        _verified = False
+        _progress: Advance | None = None
+
+        def expect(self, digest: str, advance: Advance | None) -> None:
+            self.expected, self._progress = digest, advance
+
+        def _check(self, got: str | None) -> None:
+            if self._verified:
+                return
+            if got is None:  # read out of order: hash the file here, once
+                got, _ = hash_file(Path(str(self.path_or_fileobj)))
+            if got != self.expected:
+                self.failure = IntegrityError(
+                    f"{self.path_in_repo} is corrupted in the blob store (its bytes hash to {got}, the catalog "
+                    f"records {self.expected}); it was not sent whole, and nothing of this export was committed",
+                    hint="push the folder again (it rewrites damaged blobs); `lorahub verify --all` checks every blob",
+                )
+                raise self.failure
+            self._verified = True
+
+        @contextlib.contextmanager
+        def as_file(self, with_tqdm: bool = False) -> Iterator[Any]:
+            path = Path(str(self.path_or_fileobj))
+            # Progress counts the first checked pass only (the upload); later reads report nothing.
+            advance = _no_advance if self._verified else (self._progress or _no_advance)
+            with open(path, "rb") as raw, _HashingReader(raw, path.stat().st_size, self._check, advance) as reader:
+                yield reader
+
+    _CHECKED = _CheckedAdd
+    return _CHECKED
+
+
+def _no_advance(n: int) -> None:
+    pass
 
 
 @contextlib.contextmanager

@@ -173,7 +173,9 @@ def test_a_damaged_stored_blob_is_never_exported(hub: Hub, hf_hub: HubSim, pushe
     blob.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="corrupted in the blob store"):
         _export(hub, hf_hub, "acme/sql", create=True)
-    assert hf_hub.commits_made() == 0 and hf_hub.count(kind="lfs-upload") == 0
+    # The blob is checked as it is sent, and its last bytes are withheld: no upload completes.
+    assert hf_hub.commits_made() == 0 and hf_hub.count(kind="lfs-upload", status=200) == 0
+    assert hf_hub.bytes_in(kind="lfs-upload") < len(data)
 
 
 def test_an_imported_adapter_keeps_its_cards_base_model_when_exported(hub: Hub, hf_hub: HubSim, tmp_path: Path) -> None:
