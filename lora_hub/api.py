@@ -355,6 +355,7 @@ class HubAPI(Protocol):
         revision: str | None = None,
         private: bool = False,
         create: bool = False,
+        dry_run: bool = False,
         endpoint: str | None = None,
         token: str | None = None,
         progress: Progress | None = None,
@@ -916,17 +917,20 @@ class Hub:
         revision: str | None = None,
         private: bool = False,
         create: bool = False,
+        dry_run: bool = False,
         endpoint: str | None = None,
         token: str | None = None,
         progress: Progress | None = None,
     ) -> HubExportResult:
         """Export an adapter version or a registered (merged) base to the Hub repo ``repo_id`` in one
         commit guarded by ``parent_commit``, with a generated model card; unchanged files are not
-        sent, and when nothing differs nothing is written (``lora_hub.core.hubsync``)."""
+        sent, and when nothing differs nothing is written (``lora_hub.core.hubsync``). Files an
+        earlier export wrote that this one lacks are removed in the same commit, unless someone
+        changed them since. ``dry_run`` reads only and returns the plan (``planned``)."""
         from lora_hub.core import hubsync
 
         return hubsync.export(self._ctx, ref, repo_id, revision=revision, private=private, create=create,
-                              endpoint=endpoint, token=token, progress=progress)  # fmt: skip
+                              dry_run=dry_run, endpoint=endpoint, token=token, progress=progress)  # fmt: skip
 
     def hub_sync(
         self,

@@ -84,6 +84,9 @@ def export(
     ] = None,
     private: Annotated[bool, typer.Option("--private", help="With --create: make a new repo private.")] = False,
     create: Annotated[bool, typer.Option("--create", help="Create the repo (and the branch) if missing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be sent and removed; write nothing.")
+    ] = False,
     endpoint: EndpointOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -94,7 +97,9 @@ def export(
     the branch moves meanwhile; it is tagged lorahub-<name>-v<version>. README.md gets a generated
     card (library_name, base_model, metrics as model-index, digest, lineage); text you wrote in an
     existing card is kept, only the block between <!-- lorahub:begin --> and <!-- lorahub:end -->
-    is regenerated.
+    is regenerated. Files an earlier export wrote (the card's block lists them) that this version
+    lacks are removed in the same commit, unless someone changed them since; files lora-hub did
+    not write are never touched. Each file is checked against its recorded sha256 as it is sent.
 
     Example: lorahub hub export acme/sql-lora:3 alice/sql-lora --create
     """
@@ -104,6 +109,7 @@ def export(
         revision=revision,
         private=private,
         create=create,
+        dry_run=dry_run,
         endpoint=endpoint,
         progress=RichProgress(not json),
     )
@@ -116,6 +122,19 @@ def export(
 def print_hub_export(result: HubExportResult) -> None:
     """The line of a Hub export: the commit and what it sent, or that the branch was up to date."""
     where = f"{result.repo_id}@{result.revision}"
+    kept = (
+        f"; kept {len(result.files_kept)} file(s) of an earlier export that were changed since: "
+        + ", ".join(result.files_kept)
+        if result.files_kept
+        else ""
+    )
+    if result.planned:
+        removes = f", remove {', '.join(result.files_deleted)}" if result.files_deleted else ""
+        say(
+            f"dry run: {where} would get {len(result.files_uploaded)} file(s), {human_bytes(result.uploaded_bytes)}"
+            f"{removes}; {len(result.files_unchanged)} unchanged{kept}; nothing was written"
+        )
+        return
     if not result.created_commit:
         say(f"{where} is up to date ({result.commit}); nothing was written")
         return
@@ -124,7 +143,9 @@ def print_hub_export(result: HubExportResult) -> None:
     )
     say(
         f"{where}  {result.commit}  (committed {len(result.files_uploaded)} file(s), "
-        f"{human_bytes(result.uploaded_bytes)}; {len(result.files_unchanged)} unchanged; tag {result.tag}{retried})"
+        f"{human_bytes(result.uploaded_bytes)}; {len(result.files_unchanged)} unchanged"
+        f"{f'; removed {len(result.files_deleted)} left from an earlier export' if result.files_deleted else ''}"
+        f"; tag {result.tag}{retried}){kept}"
     )
 
 

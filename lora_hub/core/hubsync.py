@@ -450,19 +450,21 @@ def export(
             attempts -= 1  # creating the branch is not a commit attempt
             continue
         remote = client.paths_info(repo_id, head, [*local, CARD])
-        old_card = (
-            client.read_small(repo_id, head, remote[CARD]).decode("utf-8", "replace") if CARD in remote else own_text
+        remote_card = (
+            client.read_small(repo_id, head, remote[CARD]).decode("utf-8", "replace") if CARD in remote else None
         )
-        new_card = _card(ctx, item, repo_id, old_card).encode()
+        old_card = remote_card if remote_card is not None else own_text
+        new_card = _card(ctx, item, repo_id, old_card, {p: d for p, (_, d) in local.items()}).encode()
         changed: dict[str, Path | bytes] = {
             p: path for p, (path, digest) in local.items() if p not in remote or not remote[p].matches(digest, path)
         }
         if CARD not in remote or _card_differs(remote[CARD], new_card):
             changed[CARD] = new_card
         unchanged = sorted(p for p in local if p not in changed)
+        deletes, kept = _stale_files(client, repo_id, head, card.exported_files(remote_card), local)
         if dry_run:
-            return _planned(repo_id, branch, head, tag, changed, unchanged)
-        if not changed:
+            return _planned(repo_id, branch, head, tag, changed, unchanged, deletes, kept)
+        if not changed and not deletes:
             commit, created, uploaded = head, False, 0
             break
         uploaded = sum(len(v) if isinstance(v, bytes) else v.stat().st_size for v in changed.values())
@@ -479,6 +481,7 @@ def export(
                 description=f"Exported by lora-hub from {_label(item)} ({_digest(item)}).",
                 digests={p: digest for p, (_, digest) in local.items()},
                 advance=sent,
+                deletes=deletes,
             )
             advance(max(0, uploaded - sent.total))  # the card, and files the Hub already had
         if oid is not None:
@@ -507,18 +510,53 @@ def export(
         tag=tag,
         files_uploaded=sorted(changed),
         files_unchanged=unchanged,
+        files_deleted=deletes if created else [],
+        files_kept=kept,
         attempts=attempts,
         url=f"{client.endpoint}/{repo_id}/tree/{branch}",
     )
 
 
 def _planned(
-    repo_id: str, branch: str, head: str, tag: str, changed: Mapping[str, Path | bytes], unchanged: list[str]
+    repo_id: str,
+    branch: str,
+    head: str,
+    tag: str,
+    changed: Mapping[str, Path | bytes],
+    unchanged: list[str],
+    deletes: Sequence[str] = (),
+    kept: Sequence[str] = (),
 ) -> HubExportResult:
     size = sum(len(v) if isinstance(v, bytes) else v.stat().st_size for v in changed.values())
     return HubExportResult(repo_id=repo_id, commit=head, created_commit=False, uploaded_bytes=size, revision=branch,
-                           tag=tag, files_uploaded=sorted(changed), files_unchanged=unchanged, attempts=0,
-                           planned=True)  # fmt: skip
+                           tag=tag, files_uploaded=sorted(changed), files_unchanged=unchanged,
+                           files_deleted=list(deletes), files_kept=list(kept), attempts=0, planned=True)  # fmt: skip
+
+
+def _stale_files(
+    client: HubClient, repo_id: str, head: str, previous: Mapping[str, str], local: Mapping[str, tuple[Path, str]]
+) -> tuple[list[str], list[str]]:
+    """Files an earlier export wrote (``previous``, from the card's block) that this one does not
+    have: (to delete, to keep). Only files still holding the content lora-hub wrote are deleted; a
+    file someone changed since, or that the card names but the branch lacks, is not touched. Files
+    lora-hub never wrote are never candidates."""
+    candidates = sorted(p for p in previous if p not in local and p != CARD)
+    if not candidates:
+        return [], []
+    remote = client.paths_info(repo_id, head, candidates)
+    deletes: list[str] = []
+    kept: list[str] = []
+    for path in candidates:
+        if path not in remote:
+            continue
+        f = remote[path]
+        if f.sha256 is not None:
+            same = f.matches(previous[path])
+        else:  # a small file held in git: its sha256 is not listed, so it is read (at most 1 MiB)
+            data = client.read_small(repo_id, head, f) if f.size <= 1 << 20 else b""
+            same = bool(data) and "sha256:" + hashlib.sha256(data).hexdigest() == previous[path]
+        (deletes if same else kept).append(path)
+    return deletes, kept
 
 
 def _card_differs(remote: RemoteFile, new_card: bytes) -> bool:
@@ -594,7 +632,11 @@ def _tag_name(item: AdapterVersion | BaseModelInfo) -> str:
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-def _card(ctx: Context, item: AdapterVersion | BaseModelInfo, repo_id: str, existing: str | None) -> str:
+def _card(
+    ctx: Context, item: AdapterVersion | BaseModelInfo, repo_id: str, existing: str | None, files: Mapping[str, str]
+) -> str:
+    """The card of an export; ``files`` (path -> sha256) are listed in its block, which is how the
+    next export knows which files lora-hub wrote (``card.exported_files``)."""
     if isinstance(item, AdapterVersion):
         hub_base = _hub_repo_of_base(ctx, item.base_fingerprint) if item.base_fingerprint else None
         meta, block = _adapter_card(item, repo_id, hub_base)
@@ -602,6 +644,7 @@ def _card(ctx: Context, item: AdapterVersion | BaseModelInfo, repo_id: str, exis
         fingerprint = (item.lineage or {}).get("recipe", {}).get("base_fingerprint")
         hub_base = _hub_repo_of_base(ctx, fingerprint) if fingerprint else None
         meta, block = _base_card(item, repo_id, hub_base)
+    block += "\n\n" + card.json_block(card.FILES_TITLE, dict(sorted(files.items())))
     return card.render(existing, meta, block)
 
 

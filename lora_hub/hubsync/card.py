@@ -122,6 +122,27 @@ def render(existing: str | None, metadata: Mapping[str, Any], block: str) -> str
     return f"---\n{front}---\n{body}"
 
 
+FILES_TITLE = "files"
+_FILE_REF = re.compile(r"`([^`\n]+)` \(`(sha256:[0-9a-f]{64})`\)")
+
+
+def exported_files(text: str | None) -> dict[str, str]:
+    """The files an earlier export wrote, by path, with their sha256, as its card's lora-hub block
+    lists them (the ``files`` JSON block; in older cards, the ``Files:`` line); {} without a block."""
+    _, body = split_card(text or "")
+    start, end = body.find(BEGIN), body.find(END)
+    if start == -1 or end < start:
+        return {}
+    block = body[start:end]
+    m = re.search(rf"<summary>{FILES_TITLE}</summary>\s*```json\n(.*?)\n```", block, re.S)
+    if m:
+        with contextlib.suppress(ValueError):
+            value = json.loads(m.group(1))
+            if isinstance(value, dict):
+                return {str(k): str(v) for k, v in value.items()}
+    return {path: digest for path, digest in _FILE_REF.findall(block)}
+
+
 def json_block(title: str, value: Any) -> str:
     body = json.dumps(value, indent=2, sort_keys=True)
     return f"<details><summary>{title}</summary>\n\n```json\n{body}\n```\n\n</details>"

@@ -297,14 +297,15 @@ class HubClient:
         description: str | None = None,
         digests: Mapping[str, str] | None = None,
         advance: Advance | None = None,
+        deletes: Sequence[str] = (),
     ) -> str | None:
         """One atomic commit of ``files`` on ``branch`` on top of ``parent``; returns its sha, or
         None when ``branch`` moved since ``parent`` was read (the Hub's 412). ``digests`` are the
         files' sha256 as the catalog records them: each such file is checked as the client reads
         it to send it (``_CheckedAdd``), so it is read once; a mismatch raises ``IntegrityError``
         before anything is committed. ``advance`` gets the bytes of those files as they are read
-        for sending."""
-        from huggingface_hub import CommitOperationAdd
+        for sending. ``deletes`` are removed in the same commit."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
         from huggingface_hub.errors import HfHubHTTPError
 
         checked = _checked_add_class()
@@ -319,6 +320,7 @@ class HubClient:
             with contextlib.suppress(AttributeError):  # an UploadInfo without a settable sha256
                 op.upload_info.sha256 = bytes.fromhex(digest.removeprefix("sha256:"))
             ops.append(op)
+        ops += [CommitOperationDelete(path_in_repo=path) for path in deletes]
         with translate(repo_id, branch), _quiet():
             try:
                 info = self.api.create_commit(

@@ -38,6 +38,14 @@ class HubExportResult(_Model):
     tag: str | None = Field(default=None, description="the tag naming this export's commit")
     files_uploaded: list[str] = Field(default_factory=list)
     files_unchanged: list[str] = Field(default_factory=list)
+    files_deleted: list[str] = Field(
+        default_factory=list,
+        description="files an earlier lora-hub export wrote that this version does not have (removed in the commit)",
+    )
+    files_kept: list[str] = Field(
+        default_factory=list,
+        description="files an earlier export wrote that someone changed since: not this version's, but left alone",
+    )
     attempts: int = Field(default=1, description="commit attempts (more than 1 when the branch moved meanwhile)")
     url: str | None = None
     planned: bool = Field(

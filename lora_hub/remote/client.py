@@ -632,6 +632,7 @@ class RemoteHub:
         revision: str | None = None,
         private: bool = False,
         create: bool = False,
+        dry_run: bool = False,
         endpoint: str | None = None,
         token: str | None = None,
         progress: Progress | None = None,

@@ -49,6 +49,13 @@ def test_export_human_json_and_up_to_date(env: HubSim, tmp_path: Path, monkeypat
     again = runner.invoke(app, ["hub", "export", "acme/sql", REPO])
     assert again.exit_code == 0, again.output
     assert again.output == f"{REPO}@main is up to date ({doc['commit']}); nothing was written\n"
+    assert runner.invoke(app, ["push", str(write_adapter(tmp_path / "b", seed=1)), "--name", "acme/sql"]).exit_code == 0
+    plan = runner.invoke(app, ["hub", "export", "acme/sql", REPO, "--dry-run"])
+    assert plan.exit_code == 0, plan.output
+    assert (
+        plan.output.startswith(f"dry run: {REPO}@main would get 2 file(s), ") and "nothing was written" in plan.output
+    )
+    assert env.head(REPO) == doc["commit"]
 
 
 def test_errors_are_one_line_with_a_hint(env: HubSim, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -191,3 +191,34 @@ def test_an_imported_adapter_keeps_its_cards_base_model_when_exported(hub: Hub, 
         (r.metric_type, r.metric_value)
         for r in ModelCard(hf_hub.file_bytes(REPO, "README.md").decode()).data.eval_results
     } == {("accuracy", 0.81), ("exact_match", 0.5)}
+
+
+def test_files_an_earlier_export_wrote_are_removed_and_nothing_else(hub: Hub, hf_hub: HubSim, tmp_path: Path) -> None:
+    v1 = write_adapter(tmp_path / "v1")
+    (v1 / "notes.txt").write_text("training notes\n")
+    (v1 / "extra.safetensors").write_bytes((tmp_path / "v1" / "adapter_model.safetensors").read_bytes())
+    (v1 / "eval.json").write_text('{"loss": 1}\n')
+    hub.push(v1, "acme/sql")
+    _export(hub, hf_hub, "acme/sql", create=True)
+    # Someone adds a file of their own, and edits one that lora-hub wrote.
+    hf_hub.commit(REPO, {"user.md": b"mine\n", "eval.json": b'{"loss": 2}\n'})
+    hub.push(write_adapter(tmp_path / "v2", seed=1), "acme/sql")
+
+    plan = _export(hub, hf_hub, "acme/sql", dry_run=True)
+    assert plan.files_deleted == ["extra.safetensors", "notes.txt"] and plan.files_kept == ["eval.json"]
+    assert set(hf_hub.files(REPO)) >= {"notes.txt", "extra.safetensors"}  # a dry run deletes nothing
+
+    result = _export(hub, hf_hub, "acme/sql")
+    assert result.created_commit and result.files_deleted == ["extra.safetensors", "notes.txt"]
+    assert result.files_kept == ["eval.json"]
+    assert set(hf_hub.files(REPO)) == {
+        ".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors", "user.md", "eval.json"
+    }  # fmt: skip
+    assert hf_hub.file_bytes(REPO, "eval.json") == b'{"loss": 2}\n'
+    assert (
+        hf_hub.file_bytes(REPO, "adapter_model.safetensors")
+        == (tmp_path / "v2" / "adapter_model.safetensors").read_bytes()
+    )
+    # The new card lists only v2's files: exporting v2 again deletes nothing more and writes nothing.
+    again = _export(hub, hf_hub, "acme/sql")
+    assert not again.created_commit and again.files_deleted == []
