@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import json
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -291,3 +293,22 @@ def prepare_output(dest: Path, *, replace: Replace, protected: Sequence[Protecte
     if dest.parent.is_dir():
         remove_stale_partials(dest)
     return dest
+
+
+def remove_unused_parts(folder: Path, *, max_age_s: float = 0.0, dry_run: bool = False) -> int:
+    """Remove the kept parts of interrupted downloads older than ``max_age_s`` (all with 0) that no
+    download is using (it holds a lock on its part); return how many."""
+    removed = 0
+    now = time.time()
+    for part in folder.glob("*.part") if folder.is_dir() else ():
+        try:
+            if now - part.stat().st_mtime < max_age_s:
+                continue
+            with open(part, "rb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                removed += 1
+                if not dry_run:
+                    part.unlink()
+        except OSError:  # in use, or gone meanwhile
+            continue
+    return removed

@@ -36,7 +36,7 @@ from typing import Any
 
 from lora_hub import _faults
 from lora_hub._context import Context
-from lora_hub._fs import PARTIAL_MARK, fsync_dir
+from lora_hub._fs import PARTIAL_MARK, fsync_dir, remove_unused_parts
 from lora_hub.core import adapters
 from lora_hub.core.common import check_free_space, check_space, is_base_name
 from lora_hub.errors import (
@@ -132,7 +132,7 @@ def import_adapter(
             for path, remote in sorted(to_fetch.items()):
                 target = _inside(folder, path)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                digests[path] = client.download(repo_id, snap.commit, remote, target, advance)
+                digests[path] = client.download(repo_id, snap.commit, remote, target, advance, resume_dir(ctx))
         _faults.checkpoint("hub.import.downloaded")
         lineage = {
             "kind": LINEAGE_KIND,
@@ -280,6 +280,17 @@ def _link_stored(ctx: Context, digest: str, target: Path) -> str:
     return digest
 
 
+RESUME_MAX_AGE_S = 7 * 24 * 3600
+
+
+def resume_dir(ctx: Context) -> Path:
+    """Where interrupted Hub downloads keep what they received (``<sha256>.part``), for the next
+    import of the same content to resume. Parts untouched for a week are removed here."""
+    folder = ctx.settings.home / "hub-staging" / "resume"
+    remove_unused_parts(folder, max_age_s=RESUME_MAX_AGE_S)
+    return folder
+
+
 @contextlib.contextmanager
 def _staging(ctx: Context, kind: str) -> Iterator[Path]:
     """A hidden folder inside LORAHUB_HOME for downloads, removed when the block ends, whatever
@@ -351,7 +362,7 @@ def add_base(
                 for path, remote in sorted(files.items()):
                     target = _inside(folder, path)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    client.download(repo_id, snap.commit, remote, target, advance)
+                    client.download(repo_id, snap.commit, remote, target, advance, resume_dir(ctx))
             _faults.checkpoint("hub.base.downloaded")
             _write_manifest(folder, source_uri(repo_id, snap.commit), files)
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lora_hub._context import Context
+from lora_hub._fs import remove_unused_parts
 from lora_hub.core import adapters
 from lora_hub.errors import (
     InvalidArgumentError,
@@ -36,6 +37,8 @@ def gc(ctx: Context, *, dry_run: bool = False, wait_s: float = 600.0) -> GcRepor
             removed += 1
             freed += size if dry_run else ctx.store.delete(digest)
         temps = ctx.store.remove_stale_temp(dry_run=dry_run)
+        # Kept parts of interrupted Hub downloads (which a later import would resume) go too.
+        temps += remove_unused_parts(ctx.settings.home / "hub-staging" / "resume", dry_run=dry_run)
     partials = ctx.partials().clean(dry_run=dry_run)
     return GcReport(
         blobs_removed=removed,

@@ -24,6 +24,7 @@ Every error of the client becomes a ``lora_hub.errors`` error with a hint (``tra
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -47,6 +48,7 @@ from lora_hub.progress import Advance
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20  # bytes per network read handed to the hashing thread
+RESUME_ATTEMPTS = 4  # Range requests in one download before it gives up (keeping what it received)
 _TRUE = ("1", "on", "yes", "true")
 
 
@@ -200,20 +202,122 @@ class HubClient:
         return data
 
     @contextlib.contextmanager
-    def _get(self, repo_id: str, commit: str, path: str) -> Iterator[Any]:
+    def _get(self, repo_id: str, commit: str, path: str, start: int = 0) -> Iterator[Any]:
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
         url = hf_hub_url(repo_id, path, revision=commit, endpoint=self.endpoint)
         headers = build_hf_headers(token=self.token)
-        with translate(repo_id, commit, path), http_stream_backoff("GET", url, headers=headers) as response:
-            hf_raise_for_status(response)
-            yield response
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        with translate(repo_id, commit, path):
+            # What the caller's block raises (a connection lost mid-body) must not be thrown into
+            # the client's retrying generator: it would start the request again and yield a second
+            # time. It is raised here instead, after that generator has closed.
+            failure: list[Exception] = []
+            with http_stream_backoff("GET", url, headers=headers) as response:
+                hf_raise_for_status(response)
+                try:
+                    yield response
+                except Exception as exc:
+                    failure.append(exc)
+            if failure:
+                raise failure[0]
 
-    def download(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, advance: Advance) -> str:
+    def download(
+        self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, advance: Advance, resume: Path | None = None
+    ) -> str:
         """Write ``remote`` (at ``commit``) to ``dest``, hashing every byte on a second thread as it
         arrives; return its ``sha256:<hex>``. A file whose bytes do not match the Hub's sha256 (or,
-        for a small file, its git blob id) or size raises ``IntegrityError``, with ``dest`` removed."""
+        for a small file, its git blob id) or size raises ``IntegrityError``, with ``dest`` removed.
+
+        With ``resume`` (a folder), an LFS file is received into ``resume/<sha256>.part`` first: a
+        connection lost mid-file is resumed with a Range request (up to ``RESUME_ATTEMPTS`` times in
+        this call), and what was received is kept for the next call when this one gives up or its
+        process is killed, so that a second import fetches only the rest. The kept prefix is hashed
+        again before it counts, and the whole file is checked against the Hub's sha256 before it is
+        moved to ``dest``; a part that fails that check is deleted."""
+        if resume is not None and remote.sha256 is not None:
+            part = resume / f"{remote.sha256}.part"
+            try:
+                with _open_part(part) as out:
+                    try:
+                        fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        pass  # another import is receiving the same content: download on our own
+                    else:
+                        return self._resumable(repo_id, commit, remote, dest, advance, part, out)
+            finally:
+                with contextlib.suppress(OSError):  # nothing kept: no folder left behind either
+                    resume.rmdir()
+        for attempt in range(1, RESUME_ATTEMPTS + 1):
+            try:
+                return self._download_once(repo_id, commit, remote, dest, advance)
+            except Exception as exc:  # a small file cut mid-way is fetched again, whole
+                if attempt == RESUME_ATTEMPTS or not _is_transport_error(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _resumable(
+        self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, advance: Advance, part: Path, out: Any
+    ) -> str:
+        assert remote.sha256 is not None
+        where = f"{repo_id}@{commit[:12]}: {remote.path}"
+        reported = 0
+        for attempt in range(1, RESUME_ATTEMPTS + 1):
+            have = out.seek(0, os.SEEK_END)
+            if have > remote.size:
+                out.truncate(0)
+                have = 0
+            sha256 = _hash_prefix(part, have)
+            if have > reported:
+                advance(have - reported)
+                reported = have
+            interrupted: BaseException | None = None
+            if have < remote.size:
+                try:
+                    with self._get(repo_id, commit, remote.path, start=have) as response:
+                        if have and response.status_code != 206:  # the range was ignored: from the start
+                            out.truncate(0)
+                            have, sha256 = 0, hashlib.sha256()
+                        with _Sink(out, sha256) as sink:
+                            # As received (no chunk size): a buffered chunk is lost when the stream breaks.
+                            for chunk in response.iter_bytes():
+                                if have + len(chunk) > remote.size:
+                                    break
+                                sink.put(chunk)
+                                have += len(chunk)
+                                if have > reported:
+                                    advance(have - reported)
+                                    reported = have
+                except Exception as exc:  # a connection lost mid-file: resume it
+                    if not _is_transport_error(exc):
+                        raise
+                    interrupted = exc
+                out.flush()
+            if have < remote.size:
+                if attempt < RESUME_ATTEMPTS:
+                    continue
+                cause = f" ({type(interrupted).__name__}: {_short(interrupted)})" if interrupted else ""
+                raise HubError(
+                    f"{where}: the download stopped at {have:,} of {remote.size:,} bytes after {attempt} "
+                    f"attempts{cause}; nothing was stored",
+                    hint="run the same command again: it resumes from the bytes received so far",
+                ) from interrupted
+            got = "sha256:" + sha256.hexdigest()
+            if have != remote.size or not remote.matches(got):
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                raise IntegrityError(
+                    f"{where} does not match its hash on the Hub (got {got}, the Hub lists "
+                    f"sha256:{remote.sha256}); refused, nothing was stored",
+                    hint="the file on the Hub (or a proxy between) is damaged; tell the repo's owner, or try again",
+                )
+            os.replace(part, dest)
+            return got
+        raise AssertionError("unreachable")
+
+    def _download_once(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, advance: Advance) -> str:
         sha256 = hashlib.sha256()
         sha1 = hashlib.sha1(b"blob %d\0" % remote.size, usedforsecurity=False) if remote.sha256 is None else None
         work: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
@@ -561,6 +665,76 @@ def translate(repo_id: str, revision: str | None = None, path: str | None = None
         if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
             raise _unreachable(where, exc) from exc
         raise
+
+
+def _open_part(part: Path) -> Any:
+    """``part`` opened for appending, its folder created (again, if an import that finished just
+    now removed it while empty)."""
+    for _ in range(3):
+        part.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(part, "ab+")
+        except FileNotFoundError:
+            continue
+    return open(part, "ab+")
+
+
+class _Sink:
+    """Writes chunks to ``out`` and hashes them on a second thread (``hashlib`` and file writes
+    release the GIL, so both overlap the network reads). Leaving the block waits for every chunk;
+    a write error is raised there."""
+
+    def __init__(self, out: Any, sha256: Any) -> None:
+        self._out, self._sha = out, sha256
+        self._work: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._loop, name="lorahub-hub-hash", daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            while (chunk := self._work.get()) is not None:
+                self._sha.update(chunk)
+                self._out.write(chunk)
+        except BaseException as exc:  # a full disk: raised by the receiving thread
+            self._failure.append(exc)
+            while self._work.get() is not None:  # keep draining so the producer never blocks
+                pass
+
+    def put(self, chunk: bytes) -> None:
+        if self._failure:
+            raise self._failure[0]
+        self._work.put(chunk)
+
+    def __enter__(self) -> _Sink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._work.put(None)
+        self._thread.join()
+        if self._failure:
+            raise self._failure[0]
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """A connection lost, reset or timed out (the client's HTTP stack, or lora-hub's error for it)."""
+    for e in (exc, exc.__cause__):
+        if isinstance(e, ConnectionError | TimeoutError):
+            return True
+        if e is not None and type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2", "h11"):
+            return True
+    return False
+
+
+def _hash_prefix(path: Path, size: int) -> Any:
+    """sha256 of the first ``size`` bytes of ``path`` (what a resumed download already holds)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size
+        while left > 0 and (chunk := f.read(min(CHUNK * 8, left))):
+            h.update(chunk)
+            left -= len(chunk)
+    return h
 
 
 def _unreachable(where: str, exc: BaseException) -> HubError:

@@ -115,6 +115,7 @@ class _Hook:
 class _Cut:
     after_bytes: int
     times: int
+    path: str | None = None
 
 
 @dataclass
@@ -784,7 +785,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._start(status, headers)
         if self.command == "HEAD":
             return
-        cut = hub._take_cut() if status == 200 else None
+        cut = hub._take_cut(entry.path) if status == 200 else None
         limit = (end - start) if cut is None else min(cut, end - start - 1)
         for chunk in hub.store.objects.read(entry.sha256, start, start + limit):
             self._write(chunk)
@@ -1079,16 +1080,16 @@ class HubSim:
         for h in hooks:
             h.fn(repo_id, branch)
 
-    def cut_download(self, after_bytes: int, times: int = 1) -> None:
-        """The next ``times`` full (non-Range) file GETs send ``after_bytes`` bytes (at most size - 1) and drop
-        the connection."""
+    def cut_download(self, after_bytes: int, times: int = 1, path: str | None = None) -> None:
+        """The next ``times`` full (non-Range) file GETs (of ``path`` only, when given) send ``after_bytes``
+        bytes (at most size - 1) and drop the connection."""
         with self._lock:
-            self._cuts.append(_Cut(after_bytes, times))
+            self._cuts.append(_Cut(after_bytes, times, path))
 
-    def _take_cut(self) -> int | None:
+    def _take_cut(self, path: str) -> int | None:
         with self._lock:
             for cut in self._cuts:
-                if cut.times > 0:
+                if cut.times > 0 and cut.path in (None, path):
                     cut.times -= 1
                     return cut.after_bytes
         return None

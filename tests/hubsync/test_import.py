@@ -129,12 +129,12 @@ def test_a_failure_during_the_download_leaves_nothing(
     real = HubClient.download
     calls: list[str] = []
 
-    def failing(self: HubClient, repo_id: str, commit: str, remote, dest: Path, advance):  # type: ignore[no-untyped-def]
+    def failing(self: HubClient, repo_id: str, commit: str, remote, dest: Path, advance, resume):  # type: ignore[no-untyped-def]
         calls.append(remote.path)
         if len(calls) == 2:  # the first file is in the staging folder by now
             dest.write_bytes(b"partial")
             raise RuntimeError("the network died")
-        return real(self, repo_id, commit, remote, dest, advance)
+        return real(self, repo_id, commit, remote, dest, advance, resume)
 
     monkeypatch.setattr(HubClient, "download", failing)
     with pytest.raises(RuntimeError, match="network died"):
