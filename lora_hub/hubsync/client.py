@@ -281,15 +281,27 @@ class HubClient:
                             out.truncate(0)
                             have, sha256 = 0, hashlib.sha256()
                         with _Sink(out, sha256) as sink:
-                            # As received (no chunk size): a buffered chunk is lost when the stream breaks.
-                            for chunk in response.iter_bytes():
-                                if have + len(chunk) > remote.size:
-                                    break
-                                sink.put(chunk)
-                                have += len(chunk)
-                                if have > reported:
-                                    advance(have - reported)
-                                    reported = have
+                            # Read as received (httpx drops what it buffered for a chunk size when
+                            # the stream breaks) and gathered here into CHUNK-sized hand-offs, the
+                            # last, partial one kept whatever happens.
+                            gathered = bytearray()
+                            try:
+                                for chunk in response.iter_bytes():
+                                    if have + len(chunk) > remote.size:
+                                        break
+                                    gathered += chunk
+                                    have += len(chunk)
+                                    if len(gathered) >= CHUNK:
+                                        sink.put(bytes(gathered))
+                                        gathered.clear()
+                                        advance(have - reported)
+                                        reported = have
+                            finally:
+                                if gathered:
+                                    sink.put(bytes(gathered))
+                        if have > reported:
+                            advance(have - reported)
+                            reported = have
                 except Exception as exc:  # a connection lost mid-file: resume it
                     if not _is_transport_error(exc):
                         raise
@@ -320,41 +332,19 @@ class HubClient:
     def _download_once(self, repo_id: str, commit: str, remote: RemoteFile, dest: Path, advance: Advance) -> str:
         sha256 = hashlib.sha256()
         sha1 = hashlib.sha1(b"blob %d\0" % remote.size, usedforsecurity=False) if remote.sha256 is None else None
-        work: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        failure: list[BaseException] = []
         received = 0
         try:
-            with open(dest, "wb", buffering=0) as out:
-
-                def consume() -> None:
-                    try:
-                        while (chunk := work.get()) is not None:
-                            sha256.update(chunk)
-                            if sha1 is not None:
-                                sha1.update(chunk)
-                            out.write(chunk)
-                    except BaseException as exc:  # a full disk: reported by the receiving thread
-                        failure.append(exc)
-                        while work.get() is not None:  # keep draining so the producer never blocks
-                            pass
-
-                thread = threading.Thread(target=consume, name="lorahub-hub-hash", daemon=True)
-                thread.start()
-                try:
-                    with self._get(repo_id, commit, remote.path) as response:
-                        for chunk in response.iter_bytes(CHUNK):
-                            if failure:
-                                break
-                            received += len(chunk)
-                            if received > remote.size:
-                                break
-                            work.put(chunk)
-                            advance(len(chunk))
-                finally:
-                    work.put(None)
-                    thread.join()
-                if failure:
-                    raise failure[0]
+            with (
+                open(dest, "wb", buffering=0) as out,
+                self._get(repo_id, commit, remote.path) as response,
+                _Sink(out, sha256, sha1) as sink,
+            ):
+                for chunk in response.iter_bytes(CHUNK):
+                    received += len(chunk)
+                    if received > remote.size:
+                        break
+                    sink.put(chunk)
+                    advance(len(chunk))
                 # No fsync here: the blob store adopts the staged file (hard link) and fsyncs it
                 # once, before it is visible; that is the durable step.
             got = "sha256:" + sha256.hexdigest()
@@ -680,12 +670,12 @@ def _open_part(part: Path) -> Any:
 
 
 class _Sink:
-    """Writes chunks to ``out`` and hashes them on a second thread (``hashlib`` and file writes
-    release the GIL, so both overlap the network reads). Leaving the block waits for every chunk;
-    a write error is raised there."""
+    """Writes chunks to ``out`` and updates ``hashers`` (None ones skipped) on a second thread
+    (``hashlib`` and file writes release the GIL, so both overlap the network reads). Leaving the
+    block waits for every chunk; a write error (a full disk) is raised by ``put`` or there."""
 
-    def __init__(self, out: Any, sha256: Any) -> None:
-        self._out, self._sha = out, sha256
+    def __init__(self, out: Any, *hashers: Any) -> None:
+        self._out, self._hashers = out, [h for h in hashers if h is not None]
         self._work: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._failure: list[BaseException] = []
         self._thread = threading.Thread(target=self._loop, name="lorahub-hub-hash", daemon=True)
@@ -693,7 +683,8 @@ class _Sink:
     def _loop(self) -> None:
         try:
             while (chunk := self._work.get()) is not None:
-                self._sha.update(chunk)
+                for h in self._hashers:
+                    h.update(chunk)
                 self._out.write(chunk)
         except BaseException as exc:  # a full disk: raised by the receiving thread
             self._failure.append(exc)
