@@ -402,6 +402,12 @@ class HubClient:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
         from huggingface_hub.errors import HfHubHTTPError
 
+        # With hf_xet the client reads each large file itself (not through ``as_file``) and
+        # computes its sha256 as it goes: the files are sent first (``preupload_lfs_files``) and
+        # that sha256 is compared with the catalog's before the commit is made. Without it, the
+        # LFS batch needs the sha256 before anything is sent: the catalog's is given, and checked
+        # as the file is read to be sent.
+        xet = _xet_in_use()
         checked = _checked_add_class()
         ops: list[Any] = []
         for path, src in files.items():
@@ -411,12 +417,19 @@ class HubClient:
                 continue
             op = checked(path_in_repo=path, path_or_fileobj=src)
             op.expect(digest, advance)
-            with contextlib.suppress(AttributeError):  # an UploadInfo without a settable sha256
-                op.upload_info.sha256 = bytes.fromhex(digest.removeprefix("sha256:"))
+            if not xet:
+                with contextlib.suppress(AttributeError):  # an UploadInfo without a settable sha256
+                    op.upload_info.sha256 = bytes.fromhex(digest.removeprefix("sha256:"))
             ops.append(op)
+        additions = list(ops)
         ops += [CommitOperationDelete(path_in_repo=path) for path in deletes]
         with translate(repo_id, branch), _quiet():
             try:
+                if xet and additions:
+                    self.api.preupload_lfs_files(repo_id, additions=additions, revision=branch)
+                    for op in additions:
+                        if isinstance(op, checked):
+                            op.check_reported()
                 info = self.api.create_commit(
                     repo_id,
                     ops,
@@ -560,6 +573,11 @@ def _checked_add_class() -> Any:
                 raise self.failure
             self._verified = True
 
+        def check_reported(self) -> None:
+            """Check the sha256 the client computed while sending the file (hf_xet), if it did."""
+            if getattr(self.upload_info, "is_hashed", False) and not self._verified:
+                self._check("sha256:" + self.upload_info.sha256.hex())
+
         @contextlib.contextmanager
         def as_file(self, with_tqdm: bool = False) -> Iterator[Any]:
             path = Path(str(self.path_or_fileobj))
@@ -570,6 +588,16 @@ def _checked_add_class() -> Any:
 
     _CHECKED = _CheckedAdd
     return _CHECKED
+
+
+def _xet_in_use() -> bool:
+    """Whether the client will send large files with hf_xet (installed, and not turned off by
+    ``HF_HUB_DISABLE_XET``, which the client reads when it is imported)."""
+    import importlib.util
+
+    from huggingface_hub import constants
+
+    return not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
 
 
 def _no_advance(n: int) -> None:

@@ -90,3 +90,17 @@ def test_a_failed_check_refuses_every_later_read_of_the_same_reader(blob: Path) 
         reader.seek(0)  # what a retrying client would do
         with pytest.raises(IntegrityError):
             reader.read(1024)
+
+
+def test_a_sha256_the_client_reports_is_checked_too(blob: Path) -> None:
+    """hf_xet reads the files itself and reports their sha256 (``upload_info``): checked before the commit."""
+    good = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    op = _checked_add_class()(path_in_repo="x.bin", path_or_fileobj=blob)
+    op.expect(good, None)
+    op.upload_info.sha256 = bytes.fromhex(hashlib.sha256(b"something else").hexdigest())
+    with pytest.raises(IntegrityError, match="corrupted in the blob store"):
+        op.check_reported()
+    right = _checked_add_class()(path_in_repo="x.bin", path_or_fileobj=blob)
+    right.expect(good, None)
+    right.upload_info.sha256 = bytes.fromhex(good.removeprefix("sha256:"))
+    right.check_reported()
