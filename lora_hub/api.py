@@ -13,6 +13,7 @@ merge: compat.check -> merge.plan -> merge.execute (stream tensors) -> writer ->
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -35,6 +36,7 @@ from lora_hub.core import (
     tokens,
     transfer,
 )
+from lora_hub.core.bases import BasePullResult
 from lora_hub.errors import NotSupportedError
 from lora_hub.progress import Progress
 from lora_hub.settings import Settings
@@ -224,6 +226,16 @@ class HubAPI(Protocol):
     def base_show(self, name: str) -> BaseModelInfo: ...
 
     def base_remove(self, name: str) -> BaseModelInfo: ...
+
+    def base_pull(
+        self,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> BasePullResult: ...
 
     def show_any(self, ref: str) -> AdapterVersion | BaseModelInfo: ...
 
@@ -642,6 +654,19 @@ class Hub:
         """Forget a base (its files stay; stored blobs are freed by ``gc``). Adapters pushed against
         it keep its fingerprint."""
         return bases.remove_base(self._ctx, name)
+
+    def base_pull(
+        self,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> BasePullResult:
+        """Write the stored base ``name`` to ``dest`` as an HF model folder, every file checked
+        against its digest, atomically; ``dest`` follows the output rule (see ``pull``)."""
+        return bases.pull(self._ctx, name, dest, force=force, overwrite=overwrite, progress=progress)
 
     def show_any(self, ref: str) -> AdapterVersion | BaseModelInfo:
         """An adapter version, or else a base (merged models are bases with a lineage)."""
@@ -1067,6 +1092,32 @@ class ServingHub(Hub):
     def validate_stored(self, ref: str, base: str) -> CompatReport:
         """``validate`` for a stored adapter version and a registered base only (no folders)."""
         return transfer.validate_stored(self._ctx, ref, base)
+
+    # Resumable uploads (OCI-shaped sessions staged in the store; ``lora_hub.core.transfer``).
+    def upload_start(self, namespace: str) -> transfer.UploadSession:
+        """A new, empty upload session for a blob to be used in ``namespace``."""
+        return transfer.upload_start(self._ctx, namespace)
+
+    def upload_status(self, namespace: str, upload_id: str) -> transfer.UploadSession:
+        """The session and how many bytes it has staged."""
+        return transfer.upload_status(self._ctx, namespace, upload_id)
+
+    def upload_append(
+        self, namespace: str, upload_id: str, start: int | None, *, end: int | None, limit: int
+    ) -> contextlib.AbstractContextManager[Any]:
+        """A sink for one chunk, which must start where the staged bytes end (``UploadOffsetError``)."""
+        return transfer.upload_append(self._ctx, namespace, upload_id, start, end=end, limit=limit)
+
+    def upload_finish(self, namespace: str, upload_id: str, digest: str) -> tuple[int, int]:
+        """Store the staged bytes as blob ``digest`` if they hash to it; (size, bytes added)."""
+        return transfer.upload_finish(self._ctx, namespace, upload_id, digest)
+
+    def upload_abort(self, namespace: str, upload_id: str) -> None:
+        transfer.upload_abort(self._ctx, namespace, upload_id)
+
+    def mount_blob(self, digest: str, source: str, may_read: bool) -> int | None:
+        """The size of ``digest`` when a version of ``source`` (readable by the caller) uses it."""
+        return transfer.mount_blob(self._ctx, digest, source, may_read)
 
 
 def open_hub(settings: Settings | None = None) -> HubAPI:

@@ -277,6 +277,42 @@ class MissingBlobsError(ConflictError):
         self.missing = list(missing)
 
 
+class UploadOffsetError(ConflictError):
+    """A chunk of an upload session that does not start where the staged bytes end (HTTP 416,
+    with a ``Range`` header of what is staged); or a session that another request is writing
+    (``busy``), which the caller may try again."""
+
+    http_status = 416
+    code = "blob_upload_invalid"
+
+    def __init__(self, message: str, *, offset: int, busy: bool = False, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.offset = offset
+        self.busy = busy
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """What the server has: ``Range: 0-<last byte>`` (``0-0`` when nothing is staged, as OCI
+        registries answer) and the exact count in ``Upload-Offset``."""
+        return {"Range": f"0-{max(self.offset - 1, 0)}", "Upload-Offset": str(self.offset)}
+
+
+class TooManyRequestsError(LoraHubError, RuntimeError):
+    """A server process that already takes as many uploads as it may (``LORAHUB_MAX_UPLOADS``):
+    HTTP 429, try again after ``retry_after_s`` (the ``Retry-After`` header)."""
+
+    http_status = 429
+    code = "toomanyrequests"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class ServerError(LoraHubError, ConnectionError):
     """A lorahub server that cannot be reached, or that answered something this client cannot read."""
 

@@ -12,6 +12,9 @@
 | ``LORAHUB_ANONYMOUS_READ``| ``0``                              | server: ``1`` lets requests      |
 |                         |                                      | without a token read (pull/list) |
 | ``LORAHUB_MAX_UPLOAD_BYTES``| ``21474836480`` (20 GiB)         | server: largest blob accepted    |
+| ``LORAHUB_MAX_UPLOADS``| ``64``                               | server: uploads one process takes|
+|                         |                                      | at once; more are answered 429   |
+|                         |                                      | with ``Retry-After``             |
 | ``LORAHUB_DEBUG``       | unset                                | ``1``: the CLI shows tracebacks  |
 | ``LORAHUB_PROGRESS``    | unset                                | ``1``: progress as plain lines   |
 |                         |                                      | when stderr is not a terminal    |
@@ -21,6 +24,11 @@
 | ``LORAHUB_WORKER_HEARTBEAT_S``| ``10``                         | ``lorahub worker``: heartbeat;   |
 |                         |                                      | silent 3 beats = dead, its jobs  |
 |                         |                                      | retried (``lora_hub.jobs.queue``)|
+| ``LORAHUB_CACHE_DIR``   | ``$LORAHUB_HOME/cache/blobs``        | ``lorahub worker`` on an S3      |
+|                         |                                      | store: local copies of blobs     |
+|                         |                                      | (``lora_hub.store.cache``)       |
+| ``LORAHUB_CACHE_MAX_BYTES``| ``53687091200`` (50 GiB)          | its bound; least recently used   |
+|                         |                                      | blobs are evicted first          |
 
 With ``LORAHUB_STORE_URL=s3://bucket/prefix`` (``lora_hub.store.s3``), the endpoint, region and
 credentials are the standard AWS variables, read by boto3: ``AWS_ENDPOINT_URL``, ``AWS_REGION``
@@ -50,6 +58,9 @@ class Settings:
     token_file: Path | None = None
     anonymous_read: bool = False
     max_upload_bytes: int = 20 << 30
+    max_uploads: int = 64
+    cache_dir: Path | None = None  # None: $LORAHUB_HOME/cache/blobs
+    cache_max_bytes: int = 50 << 30
 
     @classmethod
     def from_env(
@@ -78,6 +89,9 @@ class Settings:
             token_file=Path(env.get("LORAHUB_TOKEN_FILE") or home_path / "tokens.json").expanduser().absolute(),
             anonymous_read=env.get("LORAHUB_ANONYMOUS_READ", "0").lower() in ("1", "true", "yes"),
             max_upload_bytes=_positive_int(env, "LORAHUB_MAX_UPLOAD_BYTES") or 20 << 30,
+            max_uploads=_positive_int(env, "LORAHUB_MAX_UPLOADS") or 64,
+            cache_dir=Path(env["LORAHUB_CACHE_DIR"]).expanduser().absolute() if env.get("LORAHUB_CACHE_DIR") else None,
+            cache_max_bytes=_positive_int(env, "LORAHUB_CACHE_MAX_BYTES") or 50 << 30,
         )
 
 

@@ -1,4 +1,4 @@
-"""base add / list / show / rm, and validate."""
+"""base add / list / show / pull / rm, and validate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import typer
 from rich.table import Table
 
 from lora_hub.cli._common import (
+    ForceOpt,
     JsonOpt,
+    OverwriteOpt,
     RichProgress,
     clean,
     handle_errors,
@@ -99,6 +101,33 @@ def show(
         print_json(b)
         return
     print_base(b, tensors)
+
+
+@app.command("pull")
+@handle_errors
+def pull(
+    name: BaseArg,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write the model to.")],
+    force: ForceOpt = False,
+    overwrite: OverwriteOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Write a stored base (`base add --store`, or a merge a job stored) as an HF model folder.
+
+    Every file is checked against its digest; DIR appears only when all of them are. DIR must be
+    absent or empty; --force replaces an earlier lora-hub output there, --overwrite any folder.
+
+    Example: lorahub base pull acme/llama-merged -o ./merged
+    """
+    result = hub().base_pull(name, output, force=force, overwrite=overwrite, progress=RichProgress(not json))
+    if json:
+        print_json(result)
+        return
+    b = result.base
+    say(
+        f"{b.name} -> {result.path}  ({result.files} files, {human_bytes(result.bytes_written)}, digests verified; "
+        f"{b.content_fingerprint})"
+    )
 
 
 @app.command("rm")

@@ -82,7 +82,8 @@ def _what(job: JobInfo) -> str:
         return f"{e.get('model')} -> {e.get('format')} {e.get('output')}"
     p = r.get("pipeline") or {}
     formats = ",".join(e.get("format", "") for e in p.get("exports") or [])
-    return f"merge {p.get('base_model')} + {len(p.get('models') or [])} -> {p.get('output')}" + (
+    where = f"the blob store as base {p.get('name')}" if r.get("store_output") else p.get("output")
+    return f"merge {p.get('base_model')} + {len(p.get('models') or [])} -> {where}" + (
         f" (export {formats})" if formats else ""
     )
 
@@ -111,7 +112,10 @@ def show(job_id: Annotated[str, typer.Argument(metavar="JOB", show_default=False
         say(f"error      {job.error.get('message')}")
         if job.error.get("hint"):
             say(f"  hint     {job.error['hint']}")
-    if job.result and job.kind == "pipeline":
+    if job.result and job.result.get("stored_base"):
+        name = job.result["stored_base"]
+        say(f"result     stored as base {name}  (`lorahub base pull {name} -o DIR` writes it out)")
+    elif job.result and job.kind == "pipeline":
         merge = job.result.get("merge") or {}
         say(
             f"result     {merge.get('path')}"

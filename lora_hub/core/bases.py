@@ -6,18 +6,24 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict
+
 from lora_hub import compat
 from lora_hub._context import Context
+from lora_hub._fs import Replace, prepare_output, staged_output
 from lora_hub.core import adapters, fits
 from lora_hub.core.common import (
+    check_free_space,
     check_space,
     is_base_name,
 )
 from lora_hub.errors import (
     BaseNotFoundError,
+    InvalidArgumentError,
     InvalidModelError,
     LoraHubError,
     NotFoundError,
+    NotSupportedError,
 )
 from lora_hub.formats.hf import ModelDir, model_from_files, read_model_dir
 from lora_hub.hashing import hash_file
@@ -32,6 +38,17 @@ from lora_hub.types import (
 
 if TYPE_CHECKING:
     pass
+
+
+class BasePullResult(BaseModel):
+    """What ``base pull`` wrote: the base, the folder, how many files and bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: BaseModelInfo
+    path: str
+    files: int
+    bytes_written: int
 
 
 def add(
@@ -79,6 +96,86 @@ def add(
             f"`lorahub base show {name}` the base"
         )
     return BaseAddResult(base=info, created=created, hashed_bytes=hashed, stored_bytes=stored_bytes, warnings=warnings)
+
+
+def pull(
+    ctx: Context,
+    name: str,
+    dest: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> BasePullResult:
+    """Write the stored files of base ``name`` to ``dest`` as an HF model folder (plus lora-hub's
+    hidden marker file, ``.lorahub-output.json``), each file checked against its digest as it
+    is copied out of the blob store.
+
+    Only a base whose every file is in the blob store can be pulled (``base add --store``, or a
+    merge stored by a job). ``dest`` follows the output rule of ``lora_hub._fs``: absent or
+    empty, or replaced only with ``force`` (a folder lora-hub wrote) or ``overwrite`` (any
+    folder); never lora-hub's own data or a registered base's folder. The files are written into
+    a hidden folder beside ``dest`` that is renamed into place once all of them are checked, so
+    ``dest`` never holds a partial base.
+    """
+    progress = progress or NoProgress()
+    info = ctx.catalog.bases.get(str(AdapterName.parse(name)), with_tensors=False)
+    missing = [f.path for f in info.files if not f.digest]
+    if not info.stored or not info.files or missing:
+        why = (
+            "it is not stored in the blob store"
+            if not info.stored or not info.files
+            else (f"{len(missing)} of its files are not in the blob store ({', '.join(missing[:3])})")
+        )
+        raise NotSupportedError(
+            f"base {info.name} cannot be pulled: {why}",
+            hint=f"register its folder with `lorahub base add DIR --name {info.name} --store` to keep a copy",
+        )
+    replace = Replace.of(force=force, overwrite=overwrite)
+    out = prepare_output(Path(dest), replace=replace, protected=ctx.protected())
+    total = sum(f.size for f in info.files)
+    check_free_space(out.parent, total, what="the base")
+    written = 0
+    details = {"base": info.name, "content_fingerprint": info.content_fingerprint}
+    with (
+        staged_output(out, kind="base", replace=replace, registry=ctx.partials(), details=details) as tmp,
+        progress.task(f"pulling base {info.name}", total) as advance,
+    ):
+        root = tmp.resolve()
+        for f in info.files:
+            assert f.digest is not None
+            target = (tmp / f.path).resolve()
+            if not target.is_relative_to(root) or target == root:
+                raise InvalidArgumentError(f"refusing a file path outside the folder: {f.path!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb", buffering=0) as fh:
+                written += ctx.store.copy_out(f.digest, fh, advance)  # raises on a digest mismatch
+                os.fsync(fh.fileno())
+    return BasePullResult(base=info, path=str(out), files=len(info.files), bytes_written=written)
+
+
+def store_folder(ctx: Context, folder: Path, name: str, *, progress: Progress | None = None) -> BaseModelInfo:
+    """Move the model folder ``folder`` into the blob store as base ``name``, which then has no
+    folder: its files are only in the store (``pull`` writes them out). For a merge that a job
+    wrote into a folder of its own: ``name`` may already be registered with this content (the
+    merge registers its output with its lineage, which is kept). The files are taken over by the
+    store (``adopt_file``): ``folder`` must be discarded afterwards."""
+    progress = progress or NoProgress()
+    model = read_model_dir(folder)
+    digests, _ = compat.hash_tensors(model, ctx.catalog.hashes)
+    described = compat.describe_model(model, digests, name=name, stored=True)
+    files = []
+    with ctx.catalog.leases.writing():
+        total = sum(p.stat().st_size for p in model.files.values())
+        check_space(ctx.store, total)
+        with progress.task("storing the merged model", total) as advance:
+            for rel, p in sorted(model.files.items()):
+                digest, size = hash_file(p)
+                ctx.store.adopt_file(p, digest, size, advance)
+                files.append(BaseFile(path=rel, size=size, digest=digest))
+        info, _ = ctx.catalog.bases.add(described.model_copy(update={"path": None, "files": files}))
+    fits.record_fits_for_base(ctx, name, info)
+    return info
 
 
 def list_bases(ctx: Context) -> list[BaseModelInfo]:

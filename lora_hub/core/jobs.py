@@ -20,32 +20,59 @@ result, as JSON) or the error the local command would have raised. States: ``que
   retried by the other workers' periodic task, and the retry first removes the dead attempt's
   partial folder (``gc``'s rule: only folders whose writer is gone).
 
+- **Inputs through the store.** A worker (``WorkerContext``) reads stored blobs (a stored base's
+  weights, adapter files) as the store's own files with a local store, and through a bounded,
+  least-recently-used local cache with an S3 store (``lora_hub.store.cache``:
+  ``LORAHUB_CACHE_DIR``, ``LORAHUB_CACHE_MAX_BYTES``), filled by ranged reads; what a job took
+  from the cache is let go when the job ends.
+- **Outputs through the store.** A merge whose output is no path of the submitter's
+  (``store_output``: a job sent through the server) is written into a folder of the worker's
+  own, then moved into the blob store and registered as a stored base under the pipeline's
+  ``name``, with its lineage; ``lorahub base pull NAME -o DIR`` writes it out anywhere.
+
 On SQLite there is no queue (one machine): commands run in the calling process, as without jobs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import secrets
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lora_hub._context import Context
-from lora_hub.core import exporting, pipeline
+from lora_hub._fs import pid_alive
+from lora_hub.core import bases, exporting, pipeline
 from lora_hub.core.pipeline import PipelineSpec
-from lora_hub.errors import JobCancelledError, JobFailedError, LoraHubError, NotSupportedError
+from lora_hub.errors import (
+    InvalidArgumentError,
+    JobCancelledError,
+    JobFailedError,
+    LoraHubError,
+    NotSupportedError,
+)
 from lora_hub.hashing import hash_bytes
 from lora_hub.progress import Advance, Progress
+from lora_hub.settings import Settings
+from lora_hub.store import BlobStore
+from lora_hub.store.cache import cached
 from lora_hub.types import JobInfo
 
 log = logging.getLogger("lora_hub.jobs")
 REPORT_EVERY_S = 0.5  # progress written (and cancel polled) at most this often
+WORK_MARK = "lorahub-job-"  # the worker's own output folders: <tmp>/lorahub-job-<pid>-<random>
 Queue = Literal["cpu", "gpu", "any"]
 
 
@@ -78,6 +105,11 @@ class JobRequest(BaseModel):
     recompute: bool = False
     force: bool = False
     overwrite: bool = False
+    store_output: bool = Field(
+        default=False,
+        description="the merge's output is no path of the submitter's: the worker stores the merged model in the "
+        "blob store as the stored base `pipeline.name` (with its lineage), and `pipeline.output` is ignored",
+    )
 
     @property
     def queue(self) -> Queue:
@@ -136,6 +168,8 @@ def submit(ctx: Context, request: JobRequest, *, run_here: Callable[[str], None]
     job, and without it jobs are refused."""
     if ctx.catalog.db.is_sqlite and run_here is None:
         _need_queue(ctx)
+    if request.store_output:
+        request = _stored_request(request)
     if request.pipeline is not None:
         pipeline.check(ctx, request.pipeline)
     if request.export is not None:
@@ -154,6 +188,28 @@ def submit(ctx: Context, request: JobRequest, *, run_here: Callable[[str], None]
         return queue.defer(ctx.settings.database_url, connection, job_id, queue=request.queue, lock=key)
 
     return ctx.catalog.jobs.create(kind=request.kind, queue=request.queue, request=doc, dedup_key=key, defer=defer)
+
+
+def _stored_request(request: JobRequest) -> JobRequest:
+    """A ``store_output`` request as it is queued (its ignored output cleared, so that identical
+    recipes are one job), after checking that it can be stored: a merge with a name and nothing
+    that would be written beside the merged model."""
+    spec = request.pipeline
+    if request.kind != "pipeline" or spec is None:
+        raise InvalidArgumentError(
+            "only a merge can store its output in the blob store", hint="give the export an output folder"
+        )
+    if not spec.name:
+        raise InvalidArgumentError(
+            "a merge stored in the blob store needs a name to be registered (and pulled) under",
+            hint="give the merge a name (`--name`, or `name:` in the pipeline)",
+        )
+    if spec.exports or spec.push is not None:
+        raise NotSupportedError(
+            "a merge stored in the blob store cannot have exports or a Hub push yet",
+            hint="merge first, then `lorahub base pull NAME -o DIR` and export that folder",
+        )
+    return request.model_copy(update={"pipeline": spec.model_copy(update={"output": ""})})
 
 
 def _check_export(e: ExportRequest) -> None:
@@ -182,7 +238,8 @@ def run(ctx: Context, job_id: str, *, worker: str | None = None) -> JobInfo | No
     progress = JobProgress(ctx, job_id)
     log.info("job %s: started (attempt %d)", job_id, claimed.attempts)
     try:
-        result = _execute(ctx, request, progress)
+        with _job_files():
+            result = _execute(ctx, request, progress)
     except JobCancelledError as exc:
         done = jobs.finish(job_id, "cancelled", error=exc.as_dict(), message="cancelled; nothing it wrote was kept")
     except LoraHubError as exc:
@@ -201,6 +258,8 @@ def run(ctx: Context, job_id: str, *, worker: str | None = None) -> JobInfo | No
 
 
 def _execute(ctx: Context, request: JobRequest, progress: Progress) -> dict[str, Any]:
+    if request.store_output:
+        return _execute_stored(ctx, request, progress)
     if request.pipeline is not None:
         done = pipeline.run(ctx, request.pipeline, device=request.device, recompute=request.recompute,
                             force=request.force, overwrite=request.overwrite, progress=progress)  # fmt: skip
@@ -212,6 +271,92 @@ def _execute(ctx: Context, request: JobRequest, progress: Progress) -> dict[str,
                                 recompute=request.recompute, force=request.force, overwrite=request.overwrite,
                                 progress=progress)  # fmt: skip
     return exported.model_dump(mode="json")
+
+
+def _execute_stored(ctx: Context, request: JobRequest, progress: Progress) -> dict[str, Any]:
+    """Merge into a folder of this worker's own, move it into the blob store as the stored base
+    ``name``, remove the folder (whatever happens). The result is the merge's, with no ``path``
+    (the merged model has no folder) and ``stored_base``: the name to pull."""
+    spec = request.pipeline
+    assert spec is not None and spec.name
+    parent = Path(tempfile.gettempdir())
+    _remove_dead_work_folders(parent)
+    work = parent / f"{WORK_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    work.mkdir()
+    registered_before = ctx.catalog.bases.has(spec.name)
+    try:
+        out = work / "merged"
+        done = pipeline.run(ctx, spec.model_copy(update={"output": str(out)}), device=request.device,
+                            recompute=request.recompute, progress=progress)  # fmt: skip
+        if out.is_dir():
+            bases.store_folder(ctx, out, spec.name, progress=progress)
+        elif not bases.show_base(ctx, spec.name).stored:  # the merge served from a record elsewhere
+            raise JobFailedError(f"the merge of {spec.name} left no folder to store", hint="submit it with recompute")
+        doc = done.model_dump(mode="json")
+        doc["merge"]["path"] = ""
+        doc["stored_base"] = spec.name
+        return doc
+    except BaseException:
+        # the merge registered its output, in the folder about to be removed: forget it again,
+        # unless it was there before (stored by an earlier job)
+        if not registered_before and ctx.catalog.bases.has(spec.name):
+            with contextlib.suppress(LoraHubError):
+                if not ctx.catalog.bases.get(spec.name, with_tensors=False).stored:
+                    ctx.catalog.bases.remove(spec.name)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_dead_work_folders(parent: Path) -> None:
+    """The output folders of workers that were killed mid-job."""
+    for entry in parent.glob(f"{WORK_MARK}*"):
+        pid = entry.name[len(WORK_MARK) :].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+_job_copies: ContextVar[contextlib.ExitStack | None] = ContextVar("lorahub_job_copies", default=None)
+
+
+@contextmanager
+def _job_files() -> Iterator[None]:
+    """The local copies of blobs that a job takes (``WorkerContext.local_copy``) are let go when
+    it ends, so that the cache may evict them."""
+    with contextlib.ExitStack() as stack:
+        token = _job_copies.set(stack)
+        try:
+            yield
+        finally:
+            _job_copies.reset(token)
+
+
+class WorkerContext(Context):
+    """The context of a worker process (``lorahub worker``). With a store whose blobs are not
+    local files (S3), blobs read as files (a stored base's weights, adapter files) come from a
+    bounded local cache (``lora_hub.store.cache``: ``LORAHUB_CACHE_DIR``, by default
+    ``$LORAHUB_HOME/cache/blobs``, at most ``LORAHUB_CACHE_MAX_BYTES``), and those a job took are
+    let go when it ends; with a local store they are the store's own files, as everywhere."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._cached_store: BlobStore | None = None
+
+    @property
+    def cache_root(self) -> Path:
+        return self.settings.cache_dir or self.settings.home / "cache" / "blobs"
+
+    @property
+    def store(self) -> BlobStore:
+        if self._cached_store is None:
+            self._cached_store = cached(super().store, self.cache_root, self.settings.cache_max_bytes)
+        return self._cached_store
+
+    def local_copy(self, digest: str, *, verify: bool = False) -> Path:
+        stack = _job_copies.get()
+        if stack is None:
+            return super().local_copy(digest, verify=verify)
+        return stack.enter_context(self.store.open_local(digest, verify=verify))
 
 
 class JobProgress:

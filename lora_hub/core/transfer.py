@@ -13,6 +13,14 @@ the store (linked into place), and a commit in the same process tells ``push`` t
 blobs it stored that way (``_Verified``), so that only the validation reads them again. A digest
 a client sends is never trusted: it is what the server's own hash is compared with.
 
+Resumable uploads (``upload_start`` ... ``upload_finish``), shaped like the OCI distribution
+protocol's upload sessions: the bytes are staged in the store itself (``BlobStore.stage_*``), not
+in a process, so that successive requests may reach different server processes. A process hashes
+the chunks it receives and keeps that hash state (``_HASHES``) in memory; a process without it,
+or with a state that does not end at the staged offset, hashes the staged prefix again. The blob
+becomes visible only when the hash of all the staged bytes matches the digest the client names
+at the end. ``gc`` (``remove_stale_temp``) sweeps sessions left untouched.
+
 Nothing here accepts a path of the server's machine from a client: bases are registered names,
 adapters are references.
 """
@@ -21,22 +29,36 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_hub._context import Context
 from lora_hub.core import adapters, fits
 from lora_hub.core.common import is_base_name
-from lora_hub.errors import BaseNotFoundError, InvalidArgumentError, LoraHubError, MissingBlobsError, NotFoundError
-from lora_hub.hashing import parse_digest
+from lora_hub.errors import (
+    BaseNotFoundError,
+    BodyTooLargeError,
+    DigestMismatchError,
+    InvalidArgumentError,
+    LoraHubError,
+    MissingBlobsError,
+    NotFoundError,
+    NotSupportedError,
+    UploadOffsetError,
+)
+from lora_hub.hashing import format_digest, parse_digest
 from lora_hub.progress import Progress
 from lora_hub.refs import Ref
+from lora_hub.store.base import StageWriter, StagingStore, check_stage_id
 from lora_hub.types import CompatReport, FileEntry, PushResult
 
 MAX_MANIFEST_FILES = 10_000
@@ -308,3 +330,214 @@ def namespace_uses_blob(ctx: Context, namespace: str, digest: str) -> bool:
     """Whether a version in ``namespace`` refers to blob ``digest``."""
     parse_digest(digest)
     return ctx.catalog.namespace_uses_blob(namespace, digest)
+
+
+# --- resumable uploads ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """An upload session: its id, its namespace, and how many bytes are staged."""
+
+    id: str
+    namespace: str
+    offset: int
+
+
+class _Hashes:
+    """The hash state of the sessions this process wrote to: (offset it ends at, sha256 object).
+    Bounded (the oldest go; a session whose state is gone is hashed again from the store)."""
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: OrderedDict[tuple[str, str], tuple[int, Any]] = OrderedDict()
+
+    def take(self, store: str, upload_id: str, offset: int) -> Any | None:
+        """The state ending at ``offset``, removed from here (its holder puts it back), else None."""
+        with self._lock:
+            found = self._states.pop((store, upload_id), None)
+        return found[1] if found is not None and found[0] == offset else None
+
+    def put(self, store: str, upload_id: str, offset: int, state: Any) -> None:
+        with self._lock:
+            self._states[(store, upload_id)] = (offset, state)
+            while len(self._states) > self.LIMIT:
+                self._states.popitem(last=False)
+
+    def drop(self, store: str, upload_id: str) -> None:
+        with self._lock:
+            self._states.pop((store, upload_id), None)
+
+
+_HASHES = _Hashes()
+REHASHED = {"bytes": 0}  # bytes this process hashed again from staged uploads (for tests and logs)
+
+
+def _staging(ctx: Context) -> StagingStore:
+    """The store's upload sessions (a wrapping store, such as a cache, passes them to its ``inner``)."""
+    store: Any = ctx.store
+    while not isinstance(store, StagingStore) and hasattr(store, "inner"):
+        store = store.inner
+    if not isinstance(store, StagingStore):
+        raise NotSupportedError(f"the store {store!r} keeps no upload sessions", hint="upload each blob in one PUT")
+    return store
+
+
+def _unknown_upload(upload_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"no upload session {upload_id[:80]}", hint="it was completed, aborted or swept: start a new upload"
+    )
+
+
+def _session(ctx: Context, namespace: str, upload_id: str) -> UploadSession:
+    check_stage_id(upload_id)
+    found = _staging(ctx).stage_info(upload_id)
+    if found is None or found[0].get("namespace") != namespace:
+        raise _unknown_upload(upload_id)  # another namespace's session is not this caller's to see
+    return UploadSession(upload_id, namespace, found[1])
+
+
+def upload_start(ctx: Context, namespace: str) -> UploadSession:
+    """A new, empty upload session for a blob to be used in ``namespace``."""
+    upload_id = secrets.token_hex(16)
+    _staging(ctx).stage_create(upload_id, {"namespace": namespace, "created": time.time()})
+    return UploadSession(upload_id, namespace, 0)
+
+
+def upload_status(ctx: Context, namespace: str, upload_id: str) -> UploadSession:
+    """The session and its staged offset (``NotFoundError`` when there is none in ``namespace``)."""
+    return _session(ctx, namespace, upload_id)
+
+
+@contextlib.contextmanager
+def _locked(ctx: Context, upload_id: str, offset: int) -> Iterator[None]:
+    try:
+        with _staging(ctx).stage_lock(upload_id):
+            yield
+    except BlockingIOError:
+        raise UploadOffsetError(
+            f"another request is writing to upload {upload_id}", offset=offset, busy=True,
+            hint="wait for it to end, then ask the session's offset and go on from there",
+        ) from None  # fmt: skip
+
+
+class _Sink:
+    """What ``upload_append`` hands out: writes blocks to the staged upload and hashes them."""
+
+    def __init__(self, writer: StageWriter, state: Any, offset: int, limit: int) -> None:
+        self._writer = writer
+        self.state = state
+        self.offset = offset
+        self._limit = limit
+
+    def write(self, data: bytes) -> None:
+        if self.offset + len(data) > self._limit:
+            raise BodyTooLargeError(
+                f"the upload passes this server's limit of {self._limit:,} bytes",
+                hint="LORAHUB_MAX_UPLOAD_BYTES sets the limit for blobs",
+            )
+        self._writer.write(data)
+        self.state.update(data)
+        self.offset += len(data)
+
+
+def _state_at(ctx: Context, upload_id: str, offset: int) -> Any:
+    """The sha256 state of the first ``offset`` staged bytes: this process's own, else re-hashed."""
+    key = repr(_staging(ctx))
+    state = _HASHES.take(key, upload_id, offset)
+    if state is not None:
+        return state
+    state = hashlib.sha256()
+    seen = 0
+    for block in _staging(ctx).stage_read(upload_id):
+        block = block[: offset - seen]
+        state.update(block)
+        seen += len(block)
+        if seen >= offset:
+            break
+    if seen != offset:
+        raise UploadOffsetError(f"upload {upload_id} changed while it was read", offset=seen, busy=True)
+    REHASHED["bytes"] += seen
+    return state
+
+
+@contextlib.contextmanager
+def upload_append(
+    ctx: Context, namespace: str, upload_id: str, start: int | None, *, limit: int, end: int | None = None
+) -> Iterator[_Sink]:
+    """Append a chunk to the session: a sink to ``write`` its blocks to, as they arrive. ``start``
+    (from ``Content-Range``; None: wherever the session is) must be the staged offset, else
+    ``UploadOffsetError`` (416) says what is staged; so must ``end`` not pass ``limit`` (413
+    before any byte is read). Another request writing to the session meanwhile: ``busy``."""
+    session = _session(ctx, namespace, upload_id)
+    if end is not None and end > limit:
+        raise BodyTooLargeError(
+            f"the upload would be {end:,} bytes; this server accepts at most {limit:,}",
+            hint="LORAHUB_MAX_UPLOAD_BYTES sets the limit for blobs",
+        )
+    with _locked(ctx, upload_id, session.offset):
+        offset = _session(ctx, namespace, upload_id).offset  # again, under the lock
+        if start is not None and start != offset:
+            raise UploadOffsetError(
+                f"the chunk starts at byte {start:,}, but upload {upload_id} holds {offset:,} bytes", offset=offset,
+                hint="send the chunk that starts where the staged bytes end (the Range header)",
+            )  # fmt: skip
+        state = _state_at(ctx, upload_id, offset)
+        sink: _Sink | None = None
+        try:
+            with _staging(ctx).stage_append(upload_id, offset) as writer:
+                sink = _Sink(writer, state, offset, limit)
+                yield sink
+        finally:
+            # What a store keeps of a chunk that broke off depends on the store: the state is
+            # kept only where it ends at what is staged (else the next writer hashes again).
+            with contextlib.suppress(LoraHubError, OSError):
+                staged = _staging(ctx).stage_info(upload_id)
+                if sink is not None and staged is not None and staged[1] == sink.offset:
+                    _HASHES.put(repr(_staging(ctx)), upload_id, sink.offset, sink.state)
+
+
+def upload_finish(ctx: Context, namespace: str, upload_id: str, digest: str) -> tuple[int, int]:
+    """Complete the session as blob ``digest``: stored (visible) only if every staged byte hashes
+    to it, else ``DigestMismatchError`` and the session is removed (nothing stored). Returns
+    (size, bytes added to the store)."""
+    parse_digest(digest)
+    session = _session(ctx, namespace, upload_id)
+    with _locked(ctx, upload_id, session.offset):
+        offset = _session(ctx, namespace, upload_id).offset
+        got = format_digest(_state_at(ctx, upload_id, offset).hexdigest())
+        if got != digest:
+            _staging(ctx).stage_delete(upload_id)
+            _HASHES.drop(repr(_staging(ctx)), upload_id)
+            raise DigestMismatchError(
+                f"the uploaded bytes hash to {got}, not {digest}: nothing was stored",
+                hint="upload the file again; if it changes while it is read, wait until it does not",
+            )
+        with ctx.catalog.leases.writing():
+            written = _staging(ctx).stage_commit(upload_id, digest, offset)
+        _HASHES.drop(repr(_staging(ctx)), upload_id)
+    root = ctx.store.local_root
+    if written and root is not None:
+        with ctx.store.open_local(digest) as blob:
+            _VERIFIED.remember(root, digest, blob)
+    return offset, written
+
+
+def upload_abort(ctx: Context, namespace: str, upload_id: str) -> None:
+    """End the session and remove what it staged."""
+    session = _session(ctx, namespace, upload_id)
+    with _locked(ctx, upload_id, session.offset):
+        _staging(ctx).stage_delete(upload_id)
+    _HASHES.drop(repr(_staging(ctx)), upload_id)
+
+
+def mount_blob(ctx: Context, digest: str, source: str, may_read: bool) -> int | None:
+    """The size of blob ``digest`` if the caller ``may_read`` namespace ``source`` and a version
+    there refers to it (so it may be used in another namespace without sending it); else None,
+    the same whether the blob does not exist or is not the caller's to see."""
+    parse_digest(digest)
+    if not may_read or not namespace_uses_blob(ctx, source, digest):
+        return None
+    return blob_size(ctx, digest)

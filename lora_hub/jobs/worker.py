@@ -3,7 +3,8 @@
 One process per GPU (``--queue gpu``, ``CUDA_VISIBLE_DEVICES`` to pick it) and CPU workers for
 the rest (``--queue cpu``); both also take jobs whose device is auto (queue ``any``). Jobs run
 in worker threads of the process (procrastinate runs sync tasks in threads), against one
-``Context`` per process: the same settings (home, store) as the CLI's.
+``WorkerContext`` per process: the same settings (home, store) as the CLI's, with stored blobs
+read through a bounded local cache when the store is S3 (``lora_hub.store.cache``).
 """
 
 from __future__ import annotations
@@ -11,21 +12,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from lora_hub._context import Context
 from lora_hub.core import jobs
 from lora_hub.jobs import queue
 from lora_hub.settings import Settings
 
 _settings: dict[str, Settings] = {}  # by catalog URL: what run_worker was given
-_contexts: dict[str, Context] = {}
+_contexts: dict[str, jobs.WorkerContext] = {}
 _lock = threading.Lock()
 
 
-def _context(database_url: str) -> Context:
+def _context(database_url: str) -> jobs.WorkerContext:
     with _lock:
         if database_url not in _contexts:
             settings = _settings.get(database_url) or Settings.from_env(database_url=database_url)
-            _contexts[database_url] = Context(settings)
+            _contexts[database_url] = jobs.WorkerContext(settings)
         return _contexts[database_url]
 
 

@@ -6,17 +6,25 @@ server prints what it prints on this machine and exits with the same code.
 
 push: read and check the folder here (the same checks, the same messages), hash every file,
 ``HEAD`` each blob, stream only the missing ones (``PUT``), then commit the manifest (a missing
-blob, e.g. collected by ``gc`` meanwhile, is uploaded and the commit retried once).
+blob, e.g. collected by ``gc`` meanwhile, is uploaded and the commit retried once). A blob of
+``session_threshold`` bytes or more goes through a resumable upload session in chunks of
+``chunk_size`` (``POST .../uploads``, ``PATCH`` each chunk, ``PUT ?digest=``): when the connection
+breaks off mid-chunk, the client asks the session's offset and goes on from there, so a
+dropped connection costs at most the chunk in flight. A server that has all its upload slots
+taken answers 429: the client waits ``Retry-After`` (bounded) and tries again, ``RETRIES``
+times at most, then says so.
 pull: stream each blob into a staged folder (``lora_hub._fs``), hashing as it is written, and
 refuse any blob whose bytes do not match its digest.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -78,6 +86,11 @@ if TYPE_CHECKING:
 NO_NAMESPACE = "_"
 ERROR_HEADER = "X-Lorahub-Error"  # the error of a HEAD request, which has no body
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+SESSION_THRESHOLD = 64 << 20  # blobs this large or larger are sent in a resumable session
+CHUNK_BYTES = 32 << 20  # one PATCH: what a broken connection costs at most
+RETRIES = 6  # attempts of a request answered 429 (Retry-After honoured, capped)
+MAX_RETRY_AFTER_S = 60.0
+RESUMES = 10  # broken chunks one blob may survive
 
 
 def _path(ref: str) -> str:
@@ -121,8 +134,19 @@ class RemoteHub:
     """The ``HubAPI`` of the server at ``settings.server_url``, with the token of
     ``LORAHUB_TOKEN`` or else the one ``lorahub login`` saved for that URL."""
 
-    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        session_threshold: int = SESSION_THRESHOLD,
+        chunk_size: int = CHUNK_BYTES,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
+        self.session_threshold = session_threshold
+        self.chunk_size = chunk_size
+        self._sleep = sleep  # waits between 429 retries (a test records them instead)
         assert settings.server_url
         self.url = settings.server_url.rstrip("/")
         token = settings.token or read_token(settings, self.url)
@@ -143,17 +167,33 @@ class RemoteHub:
         self._http.close()
 
     # --- HTTP ------------------------------------------------------------------------------------
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServerError(
-                f"cannot reach the lorahub server at {self.url}: {exc}",
-                hint="check LORAHUB_URL and that `lorahub serve` runs there",
-            ) from exc
-        if response.status_code >= 400:
-            raise error_from(response)
-        return response
+    def _send(self, method: str, path: str, *, body: Callable[[], Any] | None = None, **kwargs: Any) -> httpx.Response:
+        """The response to a request (``body()`` makes its content afresh for each attempt);
+        429 is tried again after ``Retry-After``, up to ``RETRIES`` attempts in all."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                if body is not None:
+                    kwargs["content"] = body()
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise _Unreachable(
+                    f"cannot reach the lorahub server at {self.url}: {exc}",
+                    hint="check LORAHUB_URL and that `lorahub serve` runs there",
+                ) from exc
+            if response.status_code == 429 and attempt < RETRIES:
+                self._sleep(_retry_after(response, attempt))
+                continue
+            if response.status_code == 429:
+                raise ServerError(
+                    f"the lorahub server at {self.url} was busy (429) for {RETRIES} attempts at {method} {path}",
+                    hint="try again later, or ask its admin to raise LORAHUB_MAX_UPLOADS or add server processes",
+                )
+            if response.status_code == 416:
+                raise _RangeRefused(error_from(response).message)
+            if response.status_code >= 400:
+                raise error_from(response)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._send(method, path, **kwargs).json()
@@ -232,15 +272,50 @@ class RemoteHub:
         return True
 
     def _upload(self, ns: str, src: Path, entry: FileEntry, advance: Any) -> int:
-        def chunks() -> Iterator[bytes]:
-            with open(src, "rb") as fh:
-                while block := fh.read(CHUNK):
-                    advance(len(block))
-                    yield block
-
+        if entry.size >= self.session_threshold:
+            return self._upload_resumable(ns, src, entry, advance)
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(entry.size)}
-        raw = self._json("PUT", f"/v1/blobs/{ns}/{entry.digest}", content=chunks(), headers=headers)
+        raw = self._send(
+            "PUT", f"/v1/blobs/{ns}/{entry.digest}", body=lambda: _file_range(src, 0, entry.size, advance),
+            headers=headers,
+        ).json()  # fmt: skip
         return int(raw["written"])
+
+    def _upload_resumable(self, ns: str, src: Path, entry: FileEntry, advance: Any) -> int:
+        """Send ``src`` through an upload session, chunk by chunk; after a connection that broke
+        off (or a 416), ask the session what it holds and go on from there."""
+        location = self._send("POST", f"/v1/blobs/{ns}/uploads").headers["location"]
+        offset = 0
+        breaks = 0
+        while offset < entry.size:
+            end = min(offset + self.chunk_size, entry.size)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{end - 1}",
+                "Content-Length": str(end - offset),
+            }
+            start = offset
+            try:
+                r = self._send("PATCH", location, body=functools.partial(_file_range, src, start, end, None),
+                               headers=headers)  # fmt: skip
+                offset = _upload_offset(r)
+            except (_Unreachable, _RangeRefused) as exc:
+                breaks += 1
+                if breaks > RESUMES:
+                    raise ServerError(
+                        f"the upload of {entry.path} to {self.url} broke off {breaks} times", hint="try again later"
+                    ) from exc
+                offset = self._session_offset(location)
+            if offset > start:
+                advance(offset - start)
+        raw = self._send("PUT", location, params={"digest": entry.digest}).json()
+        return int(raw["written"])
+
+    def _session_offset(self, location: str) -> int:
+        try:
+            return _upload_offset(self._send("GET", location))
+        except _Unreachable:  # the server may be back a moment later; once more, then give up
+            return _upload_offset(self._send("GET", location))
 
     def pull(
         self,
@@ -652,6 +727,59 @@ class RemoteHub:
         progress: Progress | None = None,
     ) -> HubSyncResult:
         self._unsupported("Hugging Face Hub sync")
+
+    def base_pull(
+        self,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> NoReturn:
+        """``Hub.base_pull`` from the server: not offered yet. The blob route
+        (``GET /v1/blobs/{ns}/{digest}``) serves only blobs that an adapter version of the
+        namespace refers to, never a base's stored files (a route for those is missing)."""
+        self._unsupported("pulling bases (base pull)")
+
+
+class _Unreachable(ServerError):
+    """The request did not get an answer (connection refused, reset or broken off)."""
+
+
+class _RangeRefused(errors.ConflictError):
+    """416 to a chunk: the session holds another offset (asked again)."""
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    """Seconds to wait before trying again: the server's ``Retry-After`` (seconds), capped; else
+    a doubling backoff."""
+    raw = response.headers.get("retry-after", "").strip()
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = float(2 ** (attempt - 1))
+    return min(max(wait, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _upload_offset(response: httpx.Response) -> int:
+    """The staged offset a session's response names (``Upload-Offset``, else OCI's ``Range``)."""
+    raw = response.headers.get("upload-offset")
+    if raw is not None and raw.isdigit():
+        return int(raw)
+    last = response.headers.get("range", "0-0").rpartition("-")[2]
+    return int(last) + 1 if last.isdigit() and int(last) > 0 else 0
+
+
+def _file_range(src: Path, start: int, end: int, advance: Any) -> Iterator[bytes]:
+    with open(src, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0 and (block := fh.read(min(CHUNK, left))):
+            left -= len(block)
+            if advance is not None:
+                advance(len(block))
+            yield block
 
 
 if TYPE_CHECKING:

@@ -11,15 +11,26 @@ Content-addressed transfer (``lora_hub.core.transfer``): ``HEAD /v1/blobs/{ns}/{
 whether a blob is stored, ``PUT`` streams one in (hashed as it arrives, visible only if it
 matches), ``GET`` streams one out (Range, ``ETag`` = digest), and
 ``POST /v1/adapters/{name}/-/manifest`` commits a version last. ``_`` stands for "no namespace".
+
+Resumable uploads, as OCI registries take them: ``POST /v1/blobs/{ns}/uploads`` starts a session
+(202, ``Location``; with ``?mount=<digest>&from=<ns>``, 201 and no bytes to send when the caller
+may read a version of ``<ns>`` that uses the blob), ``PATCH`` its ``Location`` with chunks
+(``Content-Range: <start>-<end>``; a chunk that does not start at the staged offset is 416 with
+``Range: 0-<last byte>``), ``GET``/``HEAD`` it for the offset (204, ``Range``, ``Upload-Offset``),
+``PUT ?digest=`` (optionally with the last chunk) to complete it, ``DELETE`` to abort. Sessions
+are staged in the store, so any server process sharing it may take the next request. Each
+process takes at most ``LORAHUB_MAX_UPLOADS`` uploads at once; more are 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lora_hub._version import __version__
@@ -42,6 +54,7 @@ from lora_hub.errors import (
     LoraHubError,
     MissingBlobsError,
     NotFoundError,
+    TooManyRequestsError,
     UnauthorizedError,
 )
 from lora_hub.hashing import parse_digest
@@ -64,6 +77,8 @@ log = logging.getLogger("lora_hub.service")
 NO_NAMESPACE = "_"  # in /v1/blobs/{ns}/...: names without a namespace ("_" is never a namespace)
 MAX_JSON_BODY = 8 << 20  # manifests and small requests; blobs have their own limit
 ERROR_HEADER = "X-Lorahub-Error"
+RETRY_AFTER_S = 1  # what a 429 asks a client to wait: an upload slot frees as soon as one ends
+BUSY_TRIES, BUSY_WAIT_S = 100, 0.05  # a session another request still writes (a client that resumed early)
 
 
 def error_body(exc: LoraHubError) -> dict[str, Any]:
@@ -77,6 +92,7 @@ def error_body(exc: LoraHubError) -> dict[str, Any]:
 
 def _error_response(exc: LoraHubError, request: Request | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="lorahub"'} if isinstance(exc, UnauthorizedError) else {}
+    headers.update(getattr(exc, "http_headers", None) or {})  # e.g. Range of a 416, Retry-After of a 429
     if request is not None and request.method == "HEAD":  # no body: the error travels in a header
         headers[ERROR_HEADER] = json.dumps(error_body(exc), ensure_ascii=True)
     return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
@@ -120,6 +136,59 @@ class ShownAny(BaseModel):
     adapter: AdapterVersion | None = None
     base: BaseModelInfo | None = None
     note: str | None = Field(default=None, description="name_clash: the name is also a base's")
+
+
+class UploadStarted(BaseModel):
+    upload_id: str
+    location: str
+    offset: int = 0
+
+
+class _UploadSlots:
+    """A per-process bound on uploads in progress (requests streaming a body into the store).
+    Used from the event loop only (every upload route is ``async``), so a plain count is safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        if self.busy >= self.limit:
+            raise TooManyRequestsError(
+                f"this server takes {self.limit} uploads at a time, and has that many now",
+                retry_after_s=RETRY_AFTER_S,
+                hint=f"try again in {RETRY_AFTER_S} s (LORAHUB_MAX_UPLOADS sets the bound)",
+            )
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _content_range(request: Request) -> tuple[int | None, int | None]:
+    """(start, end exclusive) of a chunk's ``Content-Range`` (OCI's ``<start>-<end>``, or the
+    ``bytes <start>-<end>/<total>`` form), checked against ``Content-Length``; (None, None) without one."""
+    raw = request.headers.get("content-range")
+    if raw is None:
+        return None, None
+    m = _CONTENT_RANGE.match(raw.strip())
+    if not m or int(m.group(2)) < int(m.group(1)):
+        raise InvalidArgumentError(f"Content-Range {raw[:80]!r} is not <start>-<end>", hint="e.g. 0-1048575")
+    start, end = int(m.group(1)), int(m.group(2)) + 1
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) != end - start:
+        raise InvalidArgumentError(f"Content-Range {raw!r} says {end - start} bytes, Content-Length {length}")
+    return start, end
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return (length is not None and length.strip() not in ("", "0")) or "transfer-encoding" in request.headers
 
 
 def _principal(request: Request) -> Principal:
@@ -188,6 +257,8 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
         return JSONResponse(body, status_code=500)
 
     app.add_middleware(_EarlyLimit, blob_limit=cfg.max_upload_bytes)
+    slots = _UploadSlots(cfg.max_uploads)
+    app.state.upload_slots = slots
 
     def _ref(text: str) -> Ref:
         return Ref.parse(text)
@@ -370,19 +441,22 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
                 headers={"ETag": f'"{digest}"', "Docker-Content-Digest": digest},
             )
 
+    def _need_write(caller: Principal, ns: str) -> None:
+        caller.need(
+            ns,
+            "write",
+            lambda: NotFoundError(f"no namespace {ns!r} for this token", hint="a token covers only its namespaces"),
+        )
+
     @app.put("/v1/blobs/{namespace}/{digest}", tags=["transfer"], status_code=201)
     async def blob_put(caller: Caller, request: Request, namespace: str, digest: str) -> BlobStored:
         """Stream one blob in (``application/octet-stream``): hashed as it is written to a staged
         file, stored only if it matches ``digest`` (else 400 ``DIGEST_INVALID``, nothing stored).
         The staged file itself becomes the blob (``store_blob`` adopts it: no copy, no second hash)."""
         ns = _ns(namespace)
-        caller.need(
-            ns,
-            "write",
-            lambda: NotFoundError(f"no namespace {ns!r} for this token", hint="a token covers only its namespaces"),
-        )
+        _need_write(caller, ns)
         parse_digest(digest)
-        with the_hub.upload_file() as staged:
+        with slots.hold(), the_hub.upload_file() as staged:
             got, size = await _receive(request, staged, cfg.max_upload_bytes)
             if got != digest:
                 raise DigestMismatchError(
@@ -391,6 +465,133 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
                 )
             written = await run_in_threadpool(the_hub.store_blob, staged, digest)
         return BlobStored(digest=digest, size=size, written=written)
+
+    # --- upload sessions (lora_hub.core.transfer) ---------------------------------------------------
+    def _location(namespace: str, upload_id: str) -> str:
+        return f"/v1/blobs/{namespace}/uploads/{upload_id}"
+
+    def _session_headers(namespace: str, upload_id: str, offset: int) -> dict[str, str]:
+        return {
+            "Location": _location(namespace, upload_id),
+            "Docker-Upload-UUID": upload_id,
+            "Range": f"0-{max(offset - 1, 0)}",  # OCI's form; 0-0 also when nothing is staged
+            "Upload-Offset": str(offset),  # the exact count
+        }
+
+    async def _append(request: Request, ns: str, upload_id: str) -> int:
+        """Stream the request's body into the session from the offset its Content-Range names;
+        the staged offset after it. A client that breaks off keeps what the store staged."""
+        start, end = _content_range(request)
+        length = request.headers.get("content-length")
+        if end is None and start is None and length is not None and length.isdigit():
+            status = await run_in_threadpool(the_hub.upload_status, ns, upload_id)
+            end = status.offset + int(length)
+        for attempt in range(BUSY_TRIES):
+            cm = the_hub.upload_append(ns, upload_id, start, end=end, limit=cfg.max_upload_bytes)
+            try:
+                sink = await run_in_threadpool(cm.__enter__)
+                break
+            except LoraHubError as exc:
+                if not getattr(exc, "busy", False) or attempt + 1 == BUSY_TRIES:
+                    raise
+                await asyncio.sleep(BUSY_WAIT_S)
+        try:
+            async for chunk in request.stream():
+                sink.write(chunk)
+        except BaseException as exc:
+            if not await run_in_threadpool(cm.__exit__, type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await run_in_threadpool(cm.__exit__, None, None, None)
+        return int(sink.offset)
+
+    @app.post("/v1/blobs/{namespace}/uploads", tags=["transfer"], status_code=202)
+    def upload_start(
+        caller: Caller,
+        namespace: str,
+        response: Response,
+        mount: Annotated[str | None, Query(description="a digest to use from the namespace `from`")] = None,
+        from_: Annotated[str | None, Query(alias="from")] = None,
+    ) -> UploadStarted | BlobStored:
+        """Start an upload session (202 with ``Location``), or with ``mount`` and ``from``, use a
+        blob that a version of ``from`` refers to (201, nothing to send) when the token may read
+        ``from``; otherwise a session all the same (202), which tells nothing of other namespaces."""
+        ns = _ns(namespace)
+        _need_write(caller, ns)
+        if mount is not None:
+            parse_digest(mount)
+            if from_ is not None:
+                source = _ns(from_)
+                may_read = caller.token is not None and caller.token.allows(source, "read")
+                size = the_hub.mount_blob(mount, source, may_read)
+                if size is not None:
+                    response.status_code = 201
+                    response.headers.update({"Location": f"/v1/blobs/{namespace}/{mount}",
+                                             "Docker-Content-Digest": mount})  # fmt: skip
+                    return BlobStored(digest=mount, size=size, written=0)
+        session = the_hub.upload_start(ns)
+        response.headers.update(_session_headers(namespace, session.id, 0))
+        if cfg.store_url.startswith("s3://"):
+            response.headers["OCI-Chunk-Min-Length"] = str(1 << 20)  # each chunk is one staging object
+        return UploadStarted(upload_id=session.id, location=_location(namespace, session.id))
+
+    @app.get("/v1/blobs/{namespace}/uploads/{upload_id}", tags=["transfer"], status_code=204)
+    def upload_status(caller: Caller, namespace: str, upload_id: str) -> Response:
+        """How much of the session is staged: 204 with ``Range: 0-<last byte>`` and ``Upload-Offset``."""
+        ns = _ns(namespace)
+        _need_write(caller, ns)
+        session = the_hub.upload_status(ns, upload_id)
+        return Response(status_code=204, headers=_session_headers(namespace, upload_id, session.offset))
+
+    @app.head("/v1/blobs/{namespace}/uploads/{upload_id}", tags=["transfer"], status_code=204)
+    def upload_status_head(caller: Caller, namespace: str, upload_id: str) -> Response:
+        """The same as ``GET``."""
+        return upload_status(caller, namespace, upload_id)
+
+    @app.patch("/v1/blobs/{namespace}/uploads/{upload_id}", tags=["transfer"], status_code=202)
+    async def upload_chunk(caller: Caller, request: Request, namespace: str, upload_id: str) -> Response:
+        """Append a chunk (``Content-Range: <start>-<end>``, inclusive; without it, at the staged
+        offset). 202 with the new ``Range``; 416 with what is staged when ``start`` is not it."""
+        ns = _ns(namespace)
+        _need_write(caller, ns)
+        with slots.hold():
+            try:
+                offset = await _append(request, ns, upload_id)
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody reads it: the client keeps what was staged
+        return Response(status_code=202, headers=_session_headers(namespace, upload_id, offset))
+
+    @app.put("/v1/blobs/{namespace}/uploads/{upload_id}", tags=["transfer"], status_code=201)
+    async def upload_finish(
+        caller: Caller, request: Request, namespace: str, upload_id: str, digest: Annotated[str, Query()]
+    ) -> JSONResponse:
+        """Complete the session as ``digest`` (with the last chunk, optionally): 201 when all the
+        staged bytes hash to it, else 400 ``DIGEST_INVALID`` and nothing is stored."""
+        ns = _ns(namespace)
+        _need_write(caller, ns)
+        parse_digest(digest)
+        with slots.hold():
+            if _has_body(request):
+                await _append(request, ns, upload_id)
+            for attempt in range(BUSY_TRIES):
+                try:
+                    size, written = await run_in_threadpool(the_hub.upload_finish, ns, upload_id, digest)
+                    break
+                except LoraHubError as exc:
+                    if not getattr(exc, "busy", False) or attempt + 1 == BUSY_TRIES:
+                        raise
+                    await asyncio.sleep(BUSY_WAIT_S)
+        body = BlobStored(digest=digest, size=size, written=written).model_dump()
+        headers = {"Location": f"/v1/blobs/{namespace}/{digest}", "Docker-Content-Digest": digest}
+        return JSONResponse(body, status_code=201, headers=headers)
+
+    @app.delete("/v1/blobs/{namespace}/uploads/{upload_id}", tags=["transfer"], status_code=204)
+    def upload_abort(caller: Caller, namespace: str, upload_id: str) -> Response:
+        """Abort the session: its staged bytes are removed."""
+        ns = _ns(namespace)
+        _need_write(caller, ns)
+        the_hub.upload_abort(ns, upload_id)
+        return Response(status_code=204)
 
     # --- jobs (lora_hub.core.jobs) ------------------------------------------------------------------
     # A job names paths of the server's machine (base and adapter folders, outputs), so only an

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
+from lora_hub.errors import InvalidArgumentError
 from lora_hub.hashing import Advance
 
 BlobState = Literal["ok", "missing", "corrupted"]
+STAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+STALE_STAGE_S = 24 * 3600  # an upload session untouched this long is abandoned (swept by ``gc``)
+
+
+def check_stage_id(upload_id: str) -> str:
+    """``upload_id`` if it is one this code makes (32 hex digits), so it can name a key or a folder."""
+    if not STAGE_ID.match(upload_id):
+        raise InvalidArgumentError(f"{upload_id[:80]!r} is not an upload id", hint="start an upload first")
+    return upload_id
+
+
+class StageWriter(Protocol):
+    """Appends to a staged upload; what it has accepted counts once the context exits."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class BlobStore(Protocol):
@@ -62,4 +79,47 @@ class BlobStore(Protocol):
 
     def delete(self, digest: str) -> int: ...
 
-    def remove_stale_temp(self, dry_run: bool = False) -> int: ...
+    def remove_stale_temp(self, dry_run: bool = False) -> int:
+        """Remove temporary files (and abandoned upload sessions, untouched for
+        ``STALE_STAGE_S``) that no live writer holds; return how many."""
+        ...
+
+
+@runtime_checkable
+class StagingStore(Protocol):
+    """A store that also keeps upload sessions: bytes staged in the store itself, so that every
+    server process sharing the store sees them (``lora_hub.core.transfer`` checks offsets and
+    digests). ``LocalStore`` and ``S3Store`` are both; a wrapper store exposes its ``inner`` one."""
+
+    def stage_create(self, upload_id: str, meta: dict[str, Any]) -> None:
+        """A new, empty staged upload with its ``meta`` (JSON-able)."""
+        ...
+
+    def stage_info(self, upload_id: str) -> tuple[dict[str, Any], int] | None:
+        """The session's meta and the count of bytes staged so far, or None if there is none."""
+        ...
+
+    def stage_lock(self, upload_id: str) -> AbstractContextManager[None]:
+        """Held while one request appends to or completes the session; ``BlockingIOError`` at
+        once if another holds it (a store that cannot lock across processes documents it)."""
+        ...
+
+    def stage_append(self, upload_id: str, offset: int) -> AbstractContextManager[StageWriter]:
+        """A writer of bytes from ``offset``, which the caller (holding ``stage_lock``) has checked
+        is the staged size. Bytes written before an error may stay staged or not, depending on the
+        store: ``stage_info`` tells."""
+        ...
+
+    def stage_read(self, upload_id: str) -> Iterator[bytes]:
+        """The staged bytes, in order, in blocks (for re-hashing)."""
+        ...
+
+    def stage_commit(self, upload_id: str, digest: str, size: int) -> int:
+        """Make the staged bytes the blob ``digest`` (the caller checked they hash to it) and end
+        the session; the bytes added to the store (0 when the blob was stored already). The store
+        checks the digest again where it reads the bytes anyway."""
+        ...
+
+    def stage_delete(self, upload_id: str) -> None:
+        """End the session and remove its staged bytes (nothing if there is none)."""
+        ...

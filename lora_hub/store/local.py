@@ -2,13 +2,19 @@
 
     <root>/sha256/<2 hex>/<64 hex>     read-only blobs
     <root>/tmp/<pid>-<random>.part     blobs being written, each held with an exclusive flock
+    <root>/staging/<id>/meta.json      an upload session (``stage_*``): its meta,
+    <root>/staging/<id>/data           the bytes received so far (appended in place),
+    <root>/staging/<id>/lock           flocked by the one request writing or completing it
 
 A blob is written to a unique temporary file while its digest is computed, fsynced, checked,
 then hard-linked into place (``link`` fails rather than overwrite) and the folder fsynced. A
 file that lora-hub has just hashed itself (a download, an upload) is adopted instead
 (``adopt_file``): hard-linked into ``tmp/``, fsynced, then linked into place the same way, with
 no copy and no second read. A temporary file whose flock can be taken belongs to a dead process;
-``gc`` removes it. Pushes and ``gc`` exclude each other through the catalog's store leases
+``gc`` removes it, and the upload sessions whose data nobody has touched for ``STALE_STAGE_S``.
+The staging folder is in the store, so every server process sharing the store folder sees a
+session; a completed session's data file is adopted as the blob (no copy). Pushes and ``gc``
+exclude each other through the catalog's store leases
 (``lora_hub.catalog.leases``), so several machines can share one store folder.
 """
 
@@ -17,18 +23,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from lora_hub import _faults
 from lora_hub._fs import fsync_dir
-from lora_hub.errors import IntegrityError, StoreError
+from lora_hub.errors import IntegrityError, InvalidArgumentError, StoreError
 from lora_hub.hashing import Advance, copy_and_hash, format_digest, hash_file, parse_digest
-from lora_hub.store.base import BlobState
+from lora_hub.store.base import STALE_STAGE_S, BlobState, check_stage_id
 
 _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # What ``link`` answers where a file cannot be adopted by linking: another file system, a file
@@ -41,6 +49,7 @@ class LocalStore:
         self.root = Path(root)
         self._blobs = self.root / "sha256"
         self._tmp = self.root / "tmp"
+        self._staging = self.root / "staging"
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -259,11 +268,12 @@ class LocalStore:
             return 0
         return size
 
-    def remove_stale_temp(self, dry_run: bool = False) -> int:
-        """Remove temporary files that no live writer holds; return how many."""
-        removed = 0
+    def remove_stale_temp(self, dry_run: bool = False, *, older_than_s: float = STALE_STAGE_S) -> int:
+        """Remove temporary files that no live writer holds, and upload sessions untouched for
+        ``older_than_s`` that no request holds; return how many."""
+        removed = self._sweep_staging(dry_run, older_than_s)
         if not self._tmp.is_dir():
-            return 0
+            return removed
         for tmp in self._tmp.iterdir():
             try:
                 fd = os.open(tmp, os.O_RDONLY)
@@ -278,6 +288,102 @@ class LocalStore:
             if not dry_run:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+            removed += 1
+        return removed
+
+    # --- upload sessions -------------------------------------------------------------------------
+    def _stage(self, upload_id: str) -> Path:
+        return self._staging / check_stage_id(upload_id)
+
+    def stage_create(self, upload_id: str, meta: dict[str, Any]) -> None:
+        folder = self._stage(upload_id)
+        try:
+            folder.mkdir(parents=True)
+            (folder / "lock").touch()
+            (folder / "data").touch()
+            tmp = folder / "meta.json.part"
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, folder / "meta.json")  # the session exists once its meta does
+        except OSError as exc:
+            if exc.errno in _SPACE_ERRORS:
+                raise self._space_error(exc) from exc
+            raise
+
+    def stage_info(self, upload_id: str) -> tuple[dict[str, Any], int] | None:
+        folder = self._stage(upload_id)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            return meta, (folder / "data").stat().st_size
+        except (FileNotFoundError, ValueError):
+            return None
+
+    @contextlib.contextmanager
+    def stage_lock(self, upload_id: str) -> Iterator[None]:
+        try:
+            fd = os.open(self._stage(upload_id) / "lock", os.O_RDWR)
+        except FileNotFoundError:
+            raise BlockingIOError(errno.ENOENT, "the upload session is gone") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def stage_append(self, upload_id: str, offset: int) -> Iterator[BinaryIO]:
+        """The data file, opened for appending at ``offset``. What was written stays staged even
+        if the request breaks off (each block is in the file once ``write`` returns), so that a
+        client resumes from what arrived."""
+        path = self._stage(upload_id) / "data"
+        try:
+            with open(path, "r+b") as fh:
+                fh.truncate(offset)  # nothing past the checked offset (there is none: the lock is held)
+                fh.seek(offset)
+                yield fh
+                fh.flush()
+        except OSError as exc:
+            if exc.errno in _SPACE_ERRORS:
+                raise self._space_error(exc) from exc
+            raise
+
+    def stage_read(self, upload_id: str) -> Iterator[bytes]:
+        with open(self._stage(upload_id) / "data", "rb") as fh:
+            while block := fh.read(4 << 20):
+                yield block
+
+    def stage_commit(self, upload_id: str, digest: str, size: int) -> int:
+        """The data file is adopted as the blob (``adopt_file``: linked, fsynced, not copied)."""
+        folder = self._stage(upload_id)
+        written = self.adopt_file(folder / "data", digest, size)
+        self.stage_delete(upload_id)
+        return written
+
+    def stage_delete(self, upload_id: str) -> None:
+        folder = self._stage(upload_id)
+        with contextlib.suppress(FileNotFoundError):
+            (folder / "meta.json").unlink()  # no longer a session from here on
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _sweep_staging(self, dry_run: bool, older_than_s: float) -> int:
+        if not self._staging.is_dir():
+            return 0
+        removed = 0
+        now = time.time()
+        for folder in self._staging.iterdir():
+            try:
+                touched = max(p.stat().st_mtime for p in folder.iterdir()) if folder.is_dir() else 0.0
+            except (OSError, ValueError):
+                touched = 0.0
+            if now - touched < older_than_s:
+                continue
+            try:
+                with contextlib.ExitStack() as held:
+                    if (folder / "lock").exists():
+                        held.enter_context(self.stage_lock(folder.name))
+                    if not dry_run:
+                        self.stage_delete(folder.name)
+            except (BlockingIOError, InvalidArgumentError):
+                continue  # a request holds it, or not one of ours
             removed += 1
         return removed
 

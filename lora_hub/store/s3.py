@@ -16,6 +16,23 @@ retried. ``remove_stale_temp`` (run by ``gc``) aborts multipart uploads left by 
 The server cannot check our sha256 for us (S3 has no full-object SHA-256 for multipart uploads,
 and moto checks no checksum at all): our own digest check is what guards the store.
 
+Upload sessions (``stage_*``, resumable uploads through several server processes) are staging
+objects beside the blobs::
+
+    s3://<bucket>/<prefix>/staging/<id>/meta.json              the session
+    s3://<bucket>/<prefix>/staging/<id>/chunk-<20-digit offset>  one object per chunk received
+
+A chunk is spooled to a local temporary file while it arrives and becomes an object only once it
+has arrived whole (so after a broken request the session's offset is the end of the last whole
+chunk, and the client resends the rest). The offset is the end of the contiguous run of chunks
+from 0. Completing streams the chunks, in order, into a multipart upload on the blob's key,
+hashing them again, and completes it (``If-None-Match: *``) only if they hash to the digest;
+then the staging objects are deleted. Limits: completing reads and writes the blob's bytes once
+more inside S3's network (no ``UploadPartCopy``, which needs 5 MiB parts and would skip our own
+hash of what was written); S3 offers no lock, so two requests writing the same chunk of one
+session at once race (the later object wins, and the digest check at completion decides);
+``remove_stale_temp`` deletes sessions untouched for ``STALE_STAGE_S``.
+
 Readers that need a file (a merge memory-maps its inputs; the service sends files) get a local
 copy, verified as it is fetched, cached under ``$LORAHUB_HOME/cache/s3``.
 """
@@ -24,9 +41,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,9 +54,9 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from lora_hub._fs import fsync_dir
-from lora_hub.errors import IntegrityError, SettingsError, StoreError
+from lora_hub.errors import IntegrityError, InvalidArgumentError, SettingsError, StoreError
 from lora_hub.hashing import Advance, format_digest, parse_digest
-from lora_hub.store.base import BlobState
+from lora_hub.store.base import STALE_STAGE_S, BlobState, check_stage_id
 
 PART_MIN = 8 << 20  # S3's minimum part is 5 MiB; 8 MiB parts keep 10,000 parts above 80 GB
 MAX_PARTS = 9_000  # below S3's 10,000, with room to spare
@@ -164,26 +183,30 @@ class S3Store:
     def upload(self, src: Path, digest: str, advance: Advance | None = None, *, replace: bool = False) -> int:
         """Write ``src`` to the blob's key, created only if absent unless ``replace``; 0 if it was
         there already. ``IntegrityError`` (and nothing stored) if its bytes are not ``digest``."""
-        key = self._key(digest)
-        total = src.stat().st_size
-        conditional: dict[str, str] = {} if replace else {"IfNoneMatch": "*"}
         with open(src, "rb") as fh:
-            if total < PART_MIN:
-                data = fh.read()
-                self._check(src, hashlib.sha256(data), digest)
-                try:
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **conditional)
-                except Exception as exc:
-                    if _code(exc) in ("412", "PreconditionFailed"):
-                        return 0
-                    raise self._error("write a blob", exc) from exc
-                if advance:
-                    advance(total)
-                return total
-            return self._multipart(fh, src, key, digest, total, advance, conditional)
+            return self._upload_from(fh, src, digest, src.stat().st_size, advance, replace=replace)
+
+    def _upload_from(
+        self, fh: Any, src: Path | str, digest: str, total: int, advance: Advance | None, *, replace: bool
+    ) -> int:
+        key = self._key(digest)
+        conditional: dict[str, str] = {} if replace else {"IfNoneMatch": "*"}
+        if total < PART_MIN:
+            data = fh.read()
+            self._check(src, hashlib.sha256(data), digest)
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **conditional)
+            except Exception as exc:
+                if _code(exc) in ("412", "PreconditionFailed"):
+                    return 0
+                raise self._error("write a blob", exc) from exc
+            if advance:
+                advance(total)
+            return total
+        return self._multipart(fh, src, key, digest, total, advance, conditional)
 
     def _multipart(
-        self, fh: BinaryIO, src: Path, key: str, digest: str, total: int, advance: Advance | None,
+        self, fh: BinaryIO, src: Path | str, key: str, digest: str, total: int, advance: Advance | None,
         conditional: dict[str, str],
     ) -> int:  # fmt: skip
         part_size = max(PART_MIN, math.ceil(total / MAX_PARTS))
@@ -232,7 +255,7 @@ class S3Store:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
     @staticmethod
-    def _check(src: Path, h: Any, digest: str) -> None:
+    def _check(src: Path | str, h: Any, digest: str) -> None:
         got = format_digest(h.hexdigest())
         if got != digest:
             raise IntegrityError(
@@ -308,9 +331,9 @@ class S3Store:
 
     def remove_stale_temp(self, dry_run: bool = False, *, older_than_s: float = STALE_UPLOAD_S) -> int:
         """Abort multipart uploads under the prefix started more than ``older_than_s`` ago (left by
-        writers that were killed); return how many."""
+        writers that were killed), and delete upload sessions untouched as long; return how many."""
         now = time.time()
-        removed = 0
+        removed = self._sweep_staging(dry_run, min(older_than_s, STALE_STAGE_S), now)
         try:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
             for page in pages:
@@ -328,3 +351,134 @@ class S3Store:
         except Exception as exc:
             raise self._error("list abandoned uploads", exc) from exc
         return removed
+
+    # --- upload sessions (see the module docstring) ------------------------------------------------
+    def _stage_prefix(self, upload_id: str) -> str:
+        return "/".join(p for p in (self.prefix, "staging", check_stage_id(upload_id)) if p) + "/"
+
+    def _stage_objects(self, prefix: str) -> list[dict[str, Any]]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [obj for page in pages for obj in page.get("Contents", [])]
+        except Exception as exc:
+            raise self._error("list an upload session", exc) from exc
+
+    @staticmethod
+    def _chunks(objects: list[dict[str, Any]]) -> list[tuple[int, str, int]]:
+        """(offset, key, size) of the contiguous run of chunks from offset 0."""
+        found: dict[int, tuple[str, int]] = {}
+        for obj in objects:
+            name = obj["Key"].rsplit("/", 1)[-1]
+            if name.startswith("chunk-") and name[6:].isdigit():
+                found[int(name[6:])] = (obj["Key"], int(obj["Size"]))
+        run, offset = [], 0
+        while offset in found and found[offset][1] > 0:
+            key, size = found[offset]
+            run.append((offset, key, size))
+            offset += size
+        return run
+
+    def stage_create(self, upload_id: str, meta: dict[str, Any]) -> None:
+        key = self._stage_prefix(upload_id) + "meta.json"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(meta).encode(), IfNoneMatch="*")
+        except Exception as exc:
+            raise self._error("start an upload session", exc) from exc
+
+    def stage_info(self, upload_id: str) -> tuple[dict[str, Any], int] | None:
+        prefix = self._stage_prefix(upload_id)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=prefix + "meta.json")["Body"]
+            with contextlib.closing(body):
+                meta = json.loads(body.read())
+        except Exception as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error("read an upload session", exc) from exc
+        run = self._chunks(self._stage_objects(prefix))
+        return meta, (run[-1][0] + run[-1][2]) if run else 0
+
+    def stage_lock(self, upload_id: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # S3 has no lock: see the module docstring
+
+    @contextlib.contextmanager
+    def stage_append(self, upload_id: str, offset: int) -> Iterator[BinaryIO]:
+        """A local spool file; sent as the object ``chunk-<offset>`` when the context exits
+        without an error (a chunk that broke off is not staged at all)."""
+        key = self._stage_prefix(upload_id) + f"chunk-{offset:020d}"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self.cache, prefix=".chunk-") as spool:
+            yield spool
+            if spool.tell() == 0:
+                return
+            spool.seek(0)
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=spool)
+            except Exception as exc:
+                raise self._error("stage a chunk of an upload", exc) from exc
+
+    def stage_read(self, upload_id: str) -> Iterator[bytes]:
+        for _, key, _ in self._chunks(self._stage_objects(self._stage_prefix(upload_id))):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except Exception as exc:
+                raise self._error("read a staged chunk", exc) from exc
+            with contextlib.closing(body):
+                yield from body.iter_chunks(READ_CHUNK)
+
+    def stage_commit(self, upload_id: str, digest: str, size: int) -> int:
+        """The chunks, streamed into the blob's key and hashed again (``IntegrityError``, nothing
+        stored, if they do not make ``digest``); then the session is deleted."""
+        if self._size(digest) is not None:
+            self.stage_delete(upload_id)
+            return 0
+        written = self._upload_from(_Reader(self.stage_read(upload_id)), f"upload {upload_id}", digest, size,
+                                    None, replace=False)  # fmt: skip
+        self.stage_delete(upload_id)
+        return written
+
+    def stage_delete(self, upload_id: str) -> None:
+        prefix = self._stage_prefix(upload_id)
+        with contextlib.suppress(Exception):  # the meta first: no longer a session from here on
+            self.client.delete_object(Bucket=self.bucket, Key=prefix + "meta.json")
+        for obj in self._stage_objects(prefix):
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+
+    def _sweep_staging(self, dry_run: bool, older_than_s: float, now: float) -> int:
+        root = "/".join(p for p in (self.prefix, "staging") if p) + "/"
+        touched: dict[str, float] = {}
+        for obj in self._stage_objects(root):
+            upload_id = obj["Key"][len(root) :].split("/", 1)[0]
+            when = obj["LastModified"]
+            stamp = when.replace(tzinfo=when.tzinfo or UTC).timestamp() if isinstance(when, datetime) else 0.0
+            touched[upload_id] = max(touched.get(upload_id, 0.0), stamp)
+        removed = 0
+        for upload_id, stamp in touched.items():
+            if now - stamp < older_than_s:
+                continue
+            with contextlib.suppress(InvalidArgumentError):
+                if not dry_run:
+                    self.stage_delete(upload_id)
+                removed += 1
+        return removed
+
+
+class _Reader:
+    """``read(n)`` over an iterator of blocks, holding at most one block beyond what is asked."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._buf = bytearray()
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            self._buf += block
+        if n < 0:
+            n = len(self._buf)
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out

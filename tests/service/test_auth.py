@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from lora_hub.catalog.tokens import hash_secret
+from lora_hub.core import transfer
 from tests.helpers import write_adapter
 from tests.service.conftest import Served, make_hub, serve
 
@@ -117,6 +118,16 @@ def _routes(served: Served, src: Path, digests: dict[str, str], files: dict[str,
         v = served.hub.push(src, f"{ns}/victim").version  # the same version until it is removed
         return c.delete(f"/v1/adapters/{ns}/victim:{v.version}")
 
+    config = (src / "adapter_config.json").read_bytes()
+
+    def session(ns: str, staged: bytes = b"") -> str:
+        """A fresh upload session of ``ns`` (made in the core, not through a route under test)."""
+        upload_id = transfer.upload_start(served.hub._ctx, ns).id
+        if staged:
+            with transfer.upload_append(served.hub._ctx, ns, upload_id, 0, limit=1 << 30) as sink:
+                sink.write(staged)
+        return f"/v1/blobs/{ns}/uploads/{upload_id}"
+
     return {
         "show": ("read", lambda c, ns: c.get(f"/v1/adapters/{ns}/m:1")),
         "versions": ("read", lambda c, ns: c.get(f"/v1/adapters/{ns}/m/-/versions")),
@@ -134,6 +145,19 @@ def _routes(served: Served, src: Path, digests: dict[str, str], files: dict[str,
             lambda c, ns: c.put(f"/v1/blobs/{ns}/{digests[ns]}", content=(src / "adapter_config.json").read_bytes()),
         ),
         "rm": ("write", rm),
+        "upload_start": ("write", lambda c, ns: c.post(f"/v1/blobs/{ns}/uploads")),
+        "upload_status": ("write", lambda c, ns: c.get(session(ns))),
+        "upload_status_head": ("write", lambda c, ns: c.head(session(ns))),
+        "upload_chunk": (
+            "write",
+            lambda c, ns: c.patch(session(ns), content=config, headers={"Content-Range": f"0-{len(config) - 1}"}),
+        ),
+        "upload_finish": ("write", lambda c, ns: c.put(session(ns, config), params={"digest": digests[ns]})),
+        "upload_abort": ("write", lambda c, ns: c.delete(session(ns))),
+        "upload_mount": (
+            "write",
+            lambda c, ns: c.post(f"/v1/blobs/{ns}/uploads", params={"mount": digests[ns], "from": ns}),
+        ),
         "gc": ("admin", lambda c, ns: c.post("/v1/gc", json={"dry_run": True})),
         "bases": ("any", lambda c, ns: c.get("/v1/bases")),
         "methods": ("any", lambda c, ns: c.get("/v1/methods")),
@@ -156,7 +180,8 @@ def _expected(kind: str, ns: str, needs: str, route: str) -> int:
         return 200 if route == "list_ns" else 404  # a listing of an unreadable namespace is empty
     if rank.index(level) < rank.index(needs):
         return 403
-    return 201 if route == "blob_put" else 200
+    created = {"blob_put": 201, "upload_finish": 201, "upload_mount": 201, "upload_start": 202, "upload_chunk": 202}
+    return created.get(route) or {"upload_status": 204, "upload_status_head": 204, "upload_abort": 204}.get(route, 200)
 
 
 def test_authorisation_matrix(served: Served, tmp_path: Path) -> None:
@@ -185,7 +210,7 @@ def test_authorisation_matrix(served: Served, tmp_path: Path) -> None:
                     checked += 1
                     if got != want:
                         wrong.append((kind, ns, route, got, want))
-    assert checked == len(KINDS) * 2 * 16
+    assert checked == len(KINDS) * 2 * 23
     assert wrong == []
 
 

@@ -145,3 +145,39 @@ def test_free_bytes_is_asked_of_the_nearest_existing_folder(tmp_path: Path) -> N
     free = store.free_bytes()
     assert isinstance(free, int) and free > 0
     assert not (tmp_path / "not").exists()
+
+
+def test_upload_sessions_are_staged_in_the_store_and_swept(tmp_path: Path) -> None:
+    """A session's bytes live under the store's staging/ folder (so every process sharing the
+    folder sees them); completing adopts them as the blob; an abandoned session is swept by age,
+    never while a request holds it."""
+    import time
+
+    store = LocalStore(tmp_path / "blobs")
+    data = os.urandom(5000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    store.stage_create("c" * 32, {"namespace": "acme"})
+    assert LocalStore(tmp_path / "blobs").stage_info("c" * 32) == ({"namespace": "acme"}, 0)
+    with store.stage_lock("c" * 32), store.stage_append("c" * 32, 0) as w:
+        w.write(data[:1000])
+        with pytest.raises(BlockingIOError), store.stage_lock("c" * 32):
+            pass  # one writer at a time
+    with store.stage_lock("c" * 32), store.stage_append("c" * 32, 1000) as w:
+        w.write(data[1000:])
+    assert b"".join(store.stage_read("c" * 32)) == data
+    staged = tmp_path / "blobs" / "staging" / ("c" * 32) / "data"
+    inode = staged.stat().st_ino
+    assert store.stage_commit("c" * 32, digest, len(data)) == len(data)
+    assert store.check(digest) == ("ok", len(data)) and store.stage_info("c" * 32) is None
+    with store.open_local(digest) as blob:
+        assert blob.stat().st_ino == inode  # adopted, not copied
+
+    store.stage_create("d" * 32, {"namespace": "acme"})
+    old = time.time() - 2 * 24 * 3600
+    for p in (tmp_path / "blobs" / "staging" / ("d" * 32)).iterdir():
+        os.utime(p, (old, old))
+    with store.stage_lock("d" * 32):
+        assert store.remove_stale_temp() == 0  # held by a request: kept however old
+    assert store.remove_stale_temp(dry_run=True) == 1 and store.stage_info("d" * 32) is not None
+    assert store.remove_stale_temp() == 1 and store.stage_info("d" * 32) is None
+    assert not list((tmp_path / "blobs" / "staging").iterdir())

@@ -160,18 +160,30 @@ def test_recent_uploads_are_left_to_their_writers() -> None:
     now = datetime.now(UTC)
     uploads = [{"Key": "p/young", "UploadId": "1", "Initiated": now - timedelta(hours=1)},
                {"Key": "p/old", "UploadId": "2", "Initiated": now - timedelta(hours=25)}]  # fmt: skip
+    young, old = "a" * 32, "b" * 32  # upload sessions: the newest of their staging objects dates them
+    staged = [{"Key": f"p/staging/{young}/meta.json", "LastModified": now - timedelta(hours=30)},
+              {"Key": f"p/staging/{young}/chunk-{0:020d}", "LastModified": now - timedelta(hours=2)},
+              {"Key": f"p/staging/{old}/meta.json", "LastModified": now - timedelta(hours=26)}]  # fmt: skip
     aborted: list[str] = []
+    deleted: list[str] = []
 
     class Client:
         def get_paginator(self, name: str) -> object:
+            if name == "list_objects_v2":
+                return type("P", (), {"paginate": lambda self, Prefix, **kw: [
+                    {"Contents": [o for o in staged if o["Key"].startswith(Prefix)]}]})()  # fmt: skip
             assert name == "list_multipart_uploads"
             return type("P", (), {"paginate": lambda self, **kw: [{"Uploads": uploads}]})()
 
         def abort_multipart_upload(self, *, Bucket: str, Key: str, UploadId: str) -> None:
             aborted.append(Key)
 
+        def delete_object(self, *, Bucket: str, Key: str) -> None:
+            deleted.append(Key)
+
     store = S3Store("s3://b/p", client=Client())
-    assert store.remove_stale_temp() == 1 and aborted == ["p/old"]
+    assert store.remove_stale_temp() == 2 and aborted == ["p/old"]
+    assert set(deleted) == {f"p/staging/{old}/meta.json"}  # the young session is kept whole
 
 
 def test_hub_on_s3(s3_env: str, tmp_path: Path, catalog_url: str) -> None:
@@ -206,3 +218,62 @@ def test_server_on_s3_push_and_pull(s3_env: str, tmp_path: Path, catalog_url: st
             assert len(_objects(s3_env)) == len(pushed.version.files)
             remote.pull("acme/s3:1", tmp_path / "out")
     assert tree_bytes(tmp_path / "out") == tree_bytes(src)
+
+
+@pytest.mark.parametrize("size", [3000, PART_MIN + 4321])
+def test_upload_sessions_are_staging_objects(s3_env: str, size: int) -> None:
+    """Chunks become objects under staging/ only once whole; another store object over the same
+    bucket (another server process) sees the session; completing streams the chunks into the blob
+    and checks the digest; a wrong one stores nothing; abandoned sessions are swept."""
+    data = os.urandom(size)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    a, b = S3Store(s3_env), S3Store(s3_env)
+    a.stage_create("a" * 32, {"namespace": "acme"})
+    assert b.stage_info("a" * 32) == ({"namespace": "acme"}, 0)
+    cut = size // 3
+    with a.stage_append("a" * 32, 0) as w:
+        w.write(data[:cut])
+    with pytest.raises(RuntimeError), b.stage_append("a" * 32, cut) as w:
+        w.write(data[cut : cut + 10])
+        raise RuntimeError("the client broke off")  # nothing of this chunk is staged
+    assert b.stage_info("a" * 32) == ({"namespace": "acme"}, cut)
+    with b.stage_append("a" * 32, cut) as w:
+        w.write(data[cut:])
+    assert a.stage_info("a" * 32) == ({"namespace": "acme"}, size)
+    assert b"".join(a.stage_read("a" * 32)) == data
+    assert not a.has(digest)
+    assert b.stage_commit("a" * 32, digest, size) == size
+    assert a.has(digest) and a.check(digest) == ("ok", size)
+    assert a.stage_info("a" * 32) is None
+    assert not [k for k in _objects(s3_env) if "/staging/" in k] and _uploads(s3_env) == []
+
+    other = "sha256:" + hashlib.sha256(b"other").hexdigest()
+    a.stage_create("b" * 32, {"namespace": "acme"})
+    with a.stage_append("b" * 32, 0) as w:
+        w.write(data)
+    with pytest.raises(IntegrityError):
+        a.stage_commit("b" * 32, other, size)  # the store's own hash refuses it
+    assert not a.has(other) and _uploads(s3_env) == []
+    assert a.remove_stale_temp(dry_run=True) == 0  # fresh: kept
+    assert a.remove_stale_temp(older_than_s=0) == 1
+    assert a.stage_info("b" * 32) is None and not [k for k in _objects(s3_env) if "/staging/" in k]
+
+
+def test_server_on_s3_resumable_push(s3_env: str, tmp_path: Path, catalog_url: str) -> None:
+    """The remote client's session upload through a server whose store is S3."""
+    from lora_hub.remote import RemoteHub
+    from lora_hub.settings import Settings
+    from tests.service.conftest import make_hub, serve
+
+    src = write_adapter(tmp_path / "a", seed=9, rank=64)
+    with make_hub(tmp_path / "srv", catalog_url, store_url=s3_env) as hub, serve(hub) as url:
+        token = hub.token_create("write", "acme").secret
+        client = Settings(**{**Settings.from_env(home=tmp_path / "cli").__dict__, "server_url": url, "token": token})
+        with RemoteHub(client, session_threshold=1000, chunk_size=20_000) as remote:
+            pushed = remote.push(src, "acme/s3r")
+            remote.pull("acme/s3r:1", tmp_path / "out")
+    assert {f.path: f.digest for f in pushed.version.files} == {
+        p.name: "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in src.iterdir()
+    }
+    assert tree_bytes(tmp_path / "out") == tree_bytes(src)
+    assert not [k for k in _objects(s3_env) if "/staging/" in k]
