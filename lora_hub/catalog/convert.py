@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -21,6 +22,29 @@ from lora_hub.types import (
     MergeRecord,
     MergeReport,
 )
+
+_FACTS_CACHE_SIZE = 4096
+_facts_cache: OrderedDict[tuple[int, str], AdapterFacts] = OrderedDict()
+_facts_lock = threading.Lock()
+
+
+def _facts(row: VersionRow) -> AdapterFacts:
+    """The version's facts, validated once per process: a version's facts never change (its row is
+    immutable but for tags and metrics, which live in other tables), and ``AdapterFacts`` is
+    frozen, so one object may serve every request. Keyed by id and digest, so a row id reused
+    after a delete and a new push cannot get another version's facts."""
+    key = (row.id, row.digest)
+    with _facts_lock:
+        found = _facts_cache.get(key)
+        if found is not None:
+            _facts_cache.move_to_end(key)
+            return found
+    facts = AdapterFacts.model_validate(row.facts)
+    with _facts_lock:
+        _facts_cache[key] = facts
+        while len(_facts_cache) > _FACTS_CACHE_SIZE:
+            _facts_cache.popitem(last=False)
+    return facts
 
 
 def versions_from_rows(
@@ -48,7 +72,8 @@ def versions_from_rows(
         .where(VersionFileRow.version_id.in_(ids))
         .order_by(VersionFileRow.path)
     ):
-        files[vid].append(FileEntry(path=path, digest=digest, size=size))
+        # Trusted rows, written by the catalog from validated models: built without validating again.
+        files[vid].append(FileEntry.model_construct(path=path, digest=digest, size=size))
     out = []
     for row, adapter in rows:
         full = f"{adapter.namespace}/{adapter.name}" if adapter.namespace else adapter.name
@@ -64,7 +89,7 @@ def versions_from_rows(
                 tags=tags[row.id],
                 metrics=metrics[row.id],
                 files=files[row.id],
-                facts=AdapterFacts.model_validate(row.facts),
+                facts=_facts(row),
                 layout=AdapterLayout.model_validate(row.layout) if with_layout else None,
                 lineage=row.lineage if with_layout else None,
                 base=row.base_name,
