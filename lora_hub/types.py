@@ -156,6 +156,10 @@ class GcReport(_Model):
 class DbStatus(_Model):
     database: str = Field(description="the catalog's URL, password hidden")
     revision: str
+    queue_schema: str | None = Field(
+        default=None, description="PostgreSQL: the last procrastinate schema migration the job queue includes"
+    )
+    queue_migrations: list[str] = Field(default_factory=list, description="procrastinate migrations applied now")
 
 
 class BlobCheck(_Model):

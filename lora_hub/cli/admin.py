@@ -67,3 +67,6 @@ def upgrade(json: JsonOpt = False) -> None:
         print_json(status)
     else:
         say(f"catalog {status.database} is at revision {status.revision} (head)")
+        if status.queue_schema is not None:
+            applied = f"; applied {', '.join(status.queue_migrations)}" if status.queue_migrations else ""
+            say(f"job queue schema (procrastinate) at {status.queue_schema}{applied}")

@@ -75,12 +75,24 @@ def verify(
 
 
 def upgrade_db(ctx: Context) -> DbStatus:
-    """Apply catalog migrations (also done on first use); return the catalog and its revision."""
+    """Apply catalog migrations (also done on first use); on PostgreSQL with procrastinate
+    installed, also bring the job queue's schema up to that procrastinate (``lora_hub.jobs.schema``).
+    Returns the catalog, its revision, and the queue schema's version."""
     from lora_hub.catalog.db import make_url_safe
 
     catalog = Catalog(ctx.settings.database_url, migrate=False)
     try:
         revision = catalog.db.upgrade()
+        postgres = not catalog.db.is_sqlite
     finally:
         catalog.close()
-    return DbStatus(database=make_url_safe(ctx.settings.database_url), revision=revision or "none")
+    applied: list[str] = []
+    version = None
+    if postgres:
+        from lora_hub.jobs import queue, schema
+
+        if schema.queue_schema_sql() is not None:
+            applied = queue.ensure_schema(ctx.settings.database_url)
+            version = queue.queue_schema_version(ctx.settings.database_url)
+    return DbStatus(database=make_url_safe(ctx.settings.database_url), revision=revision or "none",
+                    queue_schema=version, queue_migrations=applied)  # fmt: skip

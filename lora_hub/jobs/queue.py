@@ -116,13 +116,23 @@ def cancel_queued(database_url: str, connection: Any, queue_job_id: int) -> bool
     return bool(app.job_manager.cancel_job_by_id(queue_job_id, connection=connection))
 
 
-def ensure_schema(database_url: str) -> None:
-    """Install procrastinate's schema if the catalog's migrations ran without procrastinate."""
+def ensure_schema(database_url: str) -> list[str]:
+    """Install procrastinate's schema if the catalog's migrations ran without procrastinate, or
+    upgrade it to the installed procrastinate (``lora_hub.jobs.schema``); the migrations applied."""
     import psycopg
 
-    from lora_hub.jobs.schema import has_queue_schema, install_queue_schema
+    from lora_hub.jobs.schema import upgrade_queue_schema
 
     with psycopg.connect(conninfo(database_url)) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(271828182)")
-        if not has_queue_schema(conn):
-            install_queue_schema(conn)
+        return upgrade_queue_schema(conn)
+
+
+def queue_schema_version(database_url: str) -> str | None:
+    """The key of the last procrastinate migration the queue schema includes (None: not recorded)."""
+    import psycopg
+
+    from lora_hub.jobs.schema import recorded_version
+
+    with psycopg.connect(conninfo(database_url)) as conn:
+        return recorded_version(conn)
