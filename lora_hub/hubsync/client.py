@@ -29,6 +29,7 @@ import hashlib
 import io
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class HubClient:
         for s in info.siblings or []:
             lfs = s.lfs
             sha = getattr(lfs, "sha256", None) if lfs is not None else None
-            files[s.rfilename] = RemoteFile(s.rfilename, int(s.size or 0), str(s.blob_id or ""), sha)
+            files[s.rfilename] = RemoteFile(s.rfilename, int(s.size or 0), str(s.blob_id or ""), _lfs_sha(repo_id, sha))
         card = info.card_data.to_dict() if info.card_data is not None else {}
         return Snapshot(repo_id, str(info.sha), files, card)
 
@@ -181,7 +182,7 @@ class HubClient:
             if not isinstance(f, HfRepoFile):  # a folder
                 continue
             sha = f.lfs.sha256 if f.lfs is not None else None
-            out[f.path] = RemoteFile(f.path, int(f.size or 0), str(f.blob_id), sha)
+            out[f.path] = RemoteFile(f.path, int(f.size or 0), str(f.blob_id), _lfs_sha(repo_id, sha))
         return out
 
     def read_small(self, repo_id: str, commit: str, remote: RemoteFile, limit: int = 1 << 20) -> bytes:
@@ -733,6 +734,23 @@ class _Sink:
         self._thread.join()
         if self._failure:
             raise self._failure[0]
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _lfs_sha(repo_id: str, value: object) -> str | None:
+    """The LFS sha256 the Hub lists for a file, checked to be one: it names local files (a resumed
+    download's part), so anything else is refused rather than used."""
+    if value is None:
+        return None
+    text = str(value).lower()
+    if not _SHA256_HEX.fullmatch(text):
+        raise HubError(
+            f"the Hub listed {str(value)[:80]!r} as the sha256 of a file of {repo_id}, which is not a sha256",
+            hint="check the endpoint (HF_ENDPOINT or --endpoint): it does not answer as the Hub does",
+        )
+    return text
 
 
 def _is_transport_error(exc: BaseException) -> bool:

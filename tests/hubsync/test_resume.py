@@ -112,3 +112,11 @@ def test_a_small_file_cut_mid_download_is_fetched_again(hub: Hub, hf_hub: HubSim
     assert _import(hub, hf_hub).created
     gets = [e.status for e in hf_hub.requests(kind="resolve", method="GET") if e.path.endswith("adapter_config.json")]
     assert gets == [200, 200]
+
+
+def test_a_sha256_that_is_not_one_is_refused_before_it_names_a_file() -> None:
+    good = hashlib.sha256(b"x").hexdigest()
+    assert hub_client._lfs_sha("alice/r", good.upper()) == good and hub_client._lfs_sha("alice/r", None) is None
+    for bad in ("../../etc/passwd", good[:-1], good + "0", "g" * 64):
+        with pytest.raises(HubError, match="not a sha256"):
+            hub_client._lfs_sha("alice/r", bad)
