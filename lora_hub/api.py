@@ -61,12 +61,14 @@ from lora_hub.types import (
 )
 
 if TYPE_CHECKING:
+    from lora_hub.core.jobs import JobRequest, RegisteredNames
     from lora_hub.core.pipeline import PipelineResult, PipelineSpec
     from lora_hub.export.exporter import ExporterInfo
     from lora_hub.export.run import ExportResult
     from lora_hub.hubsync.types import HubExportResult, HubImportResult, HubSyncResult
     from lora_hub.jobs.inprocess import InProcessWorker
     from lora_hub.rank.types import ExtractResult, RankAnalysis, ReduceResult
+    from lora_hub.types import BaseFile
 
 __all__ = ["CreatedToken", "Hub", "HubAPI", "ServingHub", "TokenInfo", "open_hub"]
 
@@ -1008,18 +1010,45 @@ class ServingHub(Hub):
 
     def submit_request(self, request: Mapping[str, Any]) -> JobInfo:
         """Submit a job request sent as JSON (``lora_hub.core.jobs.JobRequest``)."""
+        from lora_hub.core import jobs as job_core
+
+        return job_core.submit(self._ctx, self._job_request(request), run_here=self._run_here())
+
+    def job_names(self, request: Mapping[str, Any]) -> RegisteredNames | None:
+        """The adapters a job request reads and the stored base it writes, when it names only
+        registered things (``lora_hub.core.jobs.registered_names``); None when it names paths of
+        this machine. An invalid request is ``InvalidArgumentError``."""
+        from lora_hub.core import jobs as job_core
+
+        return job_core.registered_names(self._ctx, self._job_request(request))
+
+    def base_file(self, name: str, path: str) -> BaseFile:
+        """The stored file ``path`` of the pullable base ``name`` (``NotSupportedError`` when the
+        base is not in the blob store, ``NotFoundError`` when it has no such file)."""
+        return bases.stored_file(self._ctx, name, path)
+
+    def commit_base_manifest(
+        self, name: str, files: Sequence[FileEntry], *, source: str | None = None
+    ) -> BaseAddResult:
+        """Register the stored base ``name`` made of already-stored blobs (``base add --store``
+        through the server; ``lora_hub.core.transfer``): ``MissingBlobsError`` lists the blobs to
+        upload first, and nothing is registered until every one is stored."""
+        return transfer.commit_base_manifest(self._ctx, name, files, source=source)
+
+    @staticmethod
+    def _job_request(request: Mapping[str, Any]) -> JobRequest:
+        """A job request sent as JSON, parsed (``InvalidArgumentError`` naming the first problem)."""
         from pydantic import ValidationError
 
         from lora_hub.core import jobs as job_core
         from lora_hub.errors import InvalidArgumentError
 
         try:
-            parsed = job_core.JobRequest.model_validate(dict(request))
+            return job_core.JobRequest.model_validate(dict(request))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise InvalidArgumentError(f"invalid job request: {where}: {first['msg']}") from None
-        return job_core.submit(self._ctx, parsed, run_here=self._run_here())
 
     def resume_jobs(self) -> int:
         """On SQLite, run again the jobs a stopped server left queued or running; how many."""

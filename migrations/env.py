@@ -29,7 +29,8 @@ def _ours(name, type_, parents) -> bool:  # type: ignore[no-untyped-def]
     """procrastinate's tables (the jobs queue, on PostgreSQL) are its schema, not our models:
     autogenerate must not propose dropping them."""
     table = name if type_ == "table" else parents.get("table_name")
-    return not (table or "").startswith("procrastinate_")
+    # and lorahub_queue_schema records which of procrastinate's migrations that schema includes
+    return not (table or "").startswith("procrastinate_") and table != "lorahub_queue_schema"
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]

@@ -43,7 +43,8 @@ def add(
     """Fingerprint a model folder and register it as a base.
 
     The weights stay where they are unless --store. Re-adding an unchanged folder reads nothing:
-    tensor hashes are cached by path, size, mtime and inode.
+    tensor hashes are cached by path, size, mtime and inode. Through a server (LORAHUB_URL), only
+    with --store (an admin token): the files the server lacks are uploaded, and it registers them.
 
     Example: lorahub base add ./Llama-3.2-1B --name llama-3.2-1b
     """

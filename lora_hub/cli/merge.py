@@ -70,7 +70,16 @@ def merge(
     base: Annotated[
         str, typer.Option("--base", "-b", metavar="BASE", help="Registered base name, or an HF model folder.")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write the merged model to.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Folder to write the merged model to. Without it (with --name and --submit), the worker "
+            "stores the merged model in the blob store as the base NAME: `lorahub base pull NAME -o DIR`.",
+        ),
+    ] = None,
     name: Annotated[
         str | None, typer.Option("--name", "-n", metavar="NAME", help="Register the result as a base model.")
     ] = None,
@@ -120,9 +129,16 @@ def merge(
     progress = RichProgress(not json)
     pipeline: PipelineResult | None = None
     formats = [f.strip() for item in export for f in item.split(",") if f.strip()]
+    if output is None and not (name and (submit or detach)):
+        raise InvalidArgumentError(
+            "give the merged model a folder (-o DIR), or a name to store it under on a worker",
+            hint="add -o DIR, or --name NAME --submit (then `lorahub base pull NAME -o DIR`)",
+        )
     if submit or detach:  # a worker runs it as a pipeline (without exports for a plain merge)
-        spec = hub().merge_pipeline(base, adapters, output, formats=formats, name=name, method=method,
+        spec = hub().merge_pipeline(base, adapters, output or ".", formats=formats, name=name, method=method,
                                     params=params, dtype=dtype, shard_size=shard_size)  # fmt: skip
+        if output is None:  # no folder of this machine: the worker stores it (a `store_output` job)
+            spec = spec.model_copy(update={"output": ""})
         job = hub().submit_pipeline(spec, device=device, recompute=recompute, force=force, overwrite=overwrite)
         done = submitted(job, detach=detach, json=json)
         if done is None:
@@ -132,12 +148,14 @@ def merge(
         if not formats:
             pipeline = None
     elif export:
+        assert output is not None
         spec = hub().merge_pipeline(base, adapters, output, formats=formats, name=name, method=method,
                                     params=params, dtype=dtype, shard_size=shard_size)  # fmt: skip
         pipeline = hub().run_pipeline(spec, device=device, recompute=recompute, force=force, overwrite=overwrite,
                                       progress=progress)  # fmt: skip
         result = pipeline.merge
     else:
+        assert output is not None
         result = hub().merge(base, adapters, output, name=name, method=method, params=params, dtype=dtype,
                              device=device, shard_size=shard_size, recompute=recompute, force=force,
                              overwrite=overwrite, progress=progress)  # fmt: skip
@@ -155,15 +173,14 @@ def print_merge(result: MergeResult) -> None:
     rec = result.record
     report = rec.report
     if result.reused:
-        out.print(
-            f"{result.path}: served from the catalog (recipe {rec.recipe_digest[:19]}…, merged before)", markup=False
-        )
+        where = result.path or f"base {result.registered}"  # a merge a worker stored has no folder
+        out.print(f"{where}: served from the catalog (recipe {rec.recipe_digest[:19]}…, merged before)", markup=False)
     else:
         rate = result.bytes_written / result.seconds / 1e9 if result.seconds else 0.0
         out.print(
             f"merged {result.tensors_merged} tensors, copied {result.tensors_copied}"
             + (f", converted {result.tensors_converted}" if result.tensors_converted else "")
-            + f" -> {result.path}\n"
+            + f" -> {result.path or 'the blob store'}\n"
             f"  {human_bytes(result.bytes_written)} in {result.seconds:.2f} s ({rate:.2f} GB/s) on {result.device}, "
             f"peak memory {human_bytes(result.peak_rss_bytes)}",
             markup=False,
@@ -193,6 +210,8 @@ def print_merge(result: MergeResult) -> None:
     out.print(f"  recipe {rec.recipe_digest}", markup=False)
     if result.registered:
         out.print(f"  registered as base {result.registered}", markup=False)
+        if not result.path:  # a merge a worker stored: it has no folder
+            out.print(f"  pull it with `lorahub base pull {result.registered} -o DIR`", markup=False)
 
 
 @handle_errors

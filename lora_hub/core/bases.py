@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import BaseModel, ConfigDict
 
 from lora_hub import compat
 from lora_hub._context import Context
-from lora_hub._fs import Replace, prepare_output, staged_output
+from lora_hub._fs import PartialRegistry, Protected, Replace, prepare_output, staged_output
 from lora_hub.core import adapters, fits
 from lora_hub.core.common import (
     check_free_space,
@@ -27,7 +28,7 @@ from lora_hub.errors import (
 )
 from lora_hub.formats.hf import ModelDir, model_from_files, read_model_dir
 from lora_hub.hashing import hash_file
-from lora_hub.progress import NoProgress, Progress
+from lora_hub.progress import Advance, NoProgress, Progress
 from lora_hub.refs import AdapterName
 from lora_hub.types import (
     AdapterVersion,
@@ -88,14 +89,7 @@ def add(
             )
     else:
         info, created = ctx.catalog.bases.add(compat.describe_model(model, digests, name=name, files=files))
-    fits.record_fits_for_base(ctx, name, info)
-    warnings = []
-    if ctx.catalog.adapters.versions_of(AdapterName.parse(name)):
-        warnings.append(
-            f"an adapter is also named {name}; `lorahub show {name}` shows the adapter, "
-            f"`lorahub base show {name}` the base"
-        )
-    return BaseAddResult(base=info, created=created, hashed_bytes=hashed, stored_bytes=stored_bytes, warnings=warnings)
+    return _registered(ctx, name, info, created, hashed, stored_bytes)
 
 
 def pull(
@@ -109,17 +103,28 @@ def pull(
 ) -> BasePullResult:
     """Write the stored files of base ``name`` to ``dest`` as an HF model folder (plus lora-hub's
     hidden marker file, ``.lorahub-output.json``), each file checked against its digest as it
-    is copied out of the blob store.
+    is copied out of the blob store (``write_pulled``, which the remote client uses as well).
 
     Only a base whose every file is in the blob store can be pulled (``base add --store``, or a
     merge stored by a job). ``dest`` follows the output rule of ``lora_hub._fs``: absent or
     empty, or replaced only with ``force`` (a folder lora-hub wrote) or ``overwrite`` (any
-    folder); never lora-hub's own data or a registered base's folder. The files are written into
-    a hidden folder beside ``dest`` that is renamed into place once all of them are checked, so
-    ``dest`` never holds a partial base.
+    folder); never lora-hub's own data or a registered base's folder.
     """
-    progress = progress or NoProgress()
     info = ctx.catalog.bases.get(str(AdapterName.parse(name)), with_tensors=False)
+
+    def copy(f: BaseFile, fh: BinaryIO, advance: Advance) -> int:
+        assert f.digest is not None
+        return ctx.store.copy_out(f.digest, fh, advance)  # raises on a digest mismatch
+
+    return write_pulled(
+        info, dest, copy, replace=Replace.of(force=force, overwrite=overwrite), protected=ctx.protected(),
+        registry=ctx.partials(), progress=progress,
+    )  # fmt: skip
+
+
+def pullable(info: BaseModelInfo) -> list[BaseFile]:
+    """The files of a base that can be pulled (every one in the blob store), else
+    ``NotSupportedError`` saying why not and what to do."""
     missing = [f.path for f in info.files if not f.digest]
     if not info.stored or not info.files or missing:
         why = (
@@ -131,27 +136,88 @@ def pull(
             f"base {info.name} cannot be pulled: {why}",
             hint=f"register its folder with `lorahub base add DIR --name {info.name} --store` to keep a copy",
         )
-    replace = Replace.of(force=force, overwrite=overwrite)
-    out = prepare_output(Path(dest), replace=replace, protected=ctx.protected())
-    total = sum(f.size for f in info.files)
+    return list(info.files)
+
+
+def stored_file(ctx: Context, name: str, path: str) -> BaseFile:
+    """The file ``path`` of the pullable base ``name`` (``NotFoundError`` if it has none)."""
+    info = ctx.catalog.bases.get(str(AdapterName.parse(name)), with_tensors=False)
+    for f in pullable(info):
+        if f.path == path:
+            return f
+    raise NotFoundError(f"base {info.name} has no file {path[:200]!r}", hint=f"`lorahub base show {info.name}`")
+
+
+def write_pulled(
+    info: BaseModelInfo,
+    dest: str | os.PathLike[str],
+    copy: Callable[[BaseFile, BinaryIO, Advance], int],
+    *,
+    replace: Replace,
+    protected: Sequence[Protected],
+    registry: PartialRegistry | None,
+    progress: Progress | None = None,
+) -> BasePullResult:
+    """Write the files of the pullable base ``info`` into ``dest`` under the output rule: each
+    file's bytes come from ``copy(file, fh, advance)``, which returns how many it wrote and
+    raises ``IntegrityError`` when they do not match the file's digest. The files are written
+    into a hidden folder beside ``dest`` that is renamed into place once all of them are
+    checked, so ``dest`` never holds a partial base. Where the bytes come from is the caller's:
+    the blob store here (``pull``), the server for the remote client."""
+    progress = progress or NoProgress()
+    files = pullable(info)
+    out = prepare_output(Path(dest), replace=replace, protected=protected)
+    total = sum(f.size for f in files)
     check_free_space(out.parent, total, what="the base")
     written = 0
     details = {"base": info.name, "content_fingerprint": info.content_fingerprint}
     with (
-        staged_output(out, kind="base", replace=replace, registry=ctx.partials(), details=details) as tmp,
+        staged_output(out, kind="base", replace=replace, registry=registry, details=details) as tmp,
         progress.task(f"pulling base {info.name}", total) as advance,
     ):
         root = tmp.resolve()
-        for f in info.files:
-            assert f.digest is not None
+        for f in files:
             target = (tmp / f.path).resolve()
             if not target.is_relative_to(root) or target == root:
                 raise InvalidArgumentError(f"refusing a file path outside the folder: {f.path!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb", buffering=0) as fh:
-                written += ctx.store.copy_out(f.digest, fh, advance)  # raises on a digest mismatch
+                written += copy(f, fh, advance)
                 os.fsync(fh.fileno())
-    return BasePullResult(base=info, path=str(out), files=len(info.files), bytes_written=written)
+    return BasePullResult(base=info, path=str(out), files=len(files), bytes_written=written)
+
+
+def add_stored(
+    ctx: Context, name: str, files: Sequence[BaseFile], *, source: str | None = None, progress: Progress | None = None
+) -> BaseAddResult:
+    """Register base ``name`` made of blobs already in the store (``files``, every one with its
+    digest): a folder uploaded to the server (``lora_hub.core.transfer.commit_base_manifest``).
+    The fingerprints are computed here, from the stored blobs, as ``add`` computes them from a
+    folder; the base has no folder (``path`` is None) and is pullable. ``source`` names the
+    client's folder in error messages."""
+    progress = progress or NoProgress()
+    name = str(AdapterName.parse(name))
+    paths = {f.path: ctx.local_copy(f.digest or "") for f in files}
+    model = model_from_files(Path(source or name), paths)
+    with progress.task("hashing", model.weight_bytes) as advance:
+        digests, hashed = compat.hash_tensors(model, ctx.catalog.hashes, advance)
+    described = compat.describe_model(model, digests, name=name, stored=True)
+    info, created = ctx.catalog.bases.add(described.model_copy(update={"path": None, "files": list(files)}))
+    return _registered(ctx, name, info, created, hashed, 0)
+
+
+def _registered(
+    ctx: Context, name: str, info: BaseModelInfo, created: bool, hashed: int, stored_bytes: int
+) -> BaseAddResult:
+    """What follows a registration: the fits of the base, and a warning when an adapter has its name."""
+    fits.record_fits_for_base(ctx, name, info)
+    warnings = []
+    if ctx.catalog.adapters.versions_of(AdapterName.parse(name)):
+        warnings.append(
+            f"an adapter is also named {name}; `lorahub show {name}` shows the adapter, "
+            f"`lorahub base show {name}` the base"
+        )
+    return BaseAddResult(base=info, created=created, hashed_bytes=hashed, stored_bytes=stored_bytes, warnings=warnings)
 
 
 def store_folder(ctx: Context, folder: Path, name: str, *, progress: Progress | None = None) -> BaseModelInfo:

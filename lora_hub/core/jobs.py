@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lora_hub._context import Context
 from lora_hub._fs import pid_alive
 from lora_hub.core import bases, exporting, pipeline
+from lora_hub.core.common import is_base_name, split_weight
 from lora_hub.core.pipeline import PipelineSpec
 from lora_hub.errors import (
     InvalidArgumentError,
@@ -65,6 +66,7 @@ from lora_hub.errors import (
 )
 from lora_hub.hashing import hash_bytes
 from lora_hub.progress import Advance, Progress
+from lora_hub.refs import AdapterName, Ref
 from lora_hub.settings import Settings
 from lora_hub.store import BlobStore
 from lora_hub.store.cache import cached
@@ -131,10 +133,14 @@ def pipeline_request(
     force: bool = False,
     overwrite: bool = False,
 ) -> JobRequest:
-    """The request of ``lorahub run`` (a spec, or its YAML file, read here)."""
+    """The request of ``lorahub run`` (a spec, or its YAML file, read here). A spec with no
+    output (``output: ""``, as ``lorahub merge --name NAME --submit`` without ``-o`` makes) is a
+    ``store_output`` request: its merged model goes to the blob store as the stored base ``name``."""
     spec = spec if isinstance(spec, PipelineSpec) else pipeline.load(spec)
-    return JobRequest(kind="pipeline", pipeline=spec, device=device, recompute=recompute, force=force,
-                      overwrite=overwrite)  # fmt: skip
+    request = JobRequest(kind="pipeline", pipeline=spec, device=device, recompute=recompute, force=force,
+                         overwrite=overwrite)  # fmt: skip
+    # set only when true: a request with the field left unset stays exactly as it was before it existed
+    return request.model_copy(update={"store_output": True}) if not spec.output else request
 
 
 def export_request(
@@ -210,6 +216,41 @@ def _stored_request(request: JobRequest) -> JobRequest:
             hint="merge first, then `lorahub base pull NAME -o DIR` and export that folder",
         )
     return request.model_copy(update={"pipeline": spec.model_copy(update={"output": ""})})
+
+
+class RegisteredNames(BaseModel):
+    """What a request of registered names only reads and writes (``registered_names``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    adapters: list[str] = Field(description="the adapters it merges, by name (no version)")
+    output: str = Field(description="the stored base it registers")
+
+
+def registered_names(ctx: Context, request: JobRequest) -> RegisteredNames | None:
+    """The adapter names a request reads and the base name it writes, when it names nothing but
+    registered things: a ``store_output`` merge of a registered base and stored adapter
+    references, with no exports and no Hub push. None when it names anything else, such as a
+    path of this machine (an adapter reference that is also a folder here is read as the folder,
+    so it counts as a path): the server lets only an admin submit such a request."""
+    spec = request.pipeline
+    if request.kind != "pipeline" or not request.store_output or spec is None or not spec.name:
+        return None
+    if spec.exports or spec.push is not None:
+        return None
+    if not (is_base_name(spec.base_model) and ctx.catalog.bases.has(spec.base_model)):
+        return None
+    names = []
+    for model in spec.models:
+        target, _ = split_weight(model.model)
+        if Path(target).exists():
+            return None
+        try:
+            names.append(str(Ref.parse(target).adapter))
+            output = str(AdapterName.parse(spec.name))
+        except LoraHubError:
+            return None
+    return RegisteredNames(adapters=names, output=output)
 
 
 def _check_export(e: ExportRequest) -> None:

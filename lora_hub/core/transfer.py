@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_hub._context import Context
-from lora_hub.core import adapters, fits
+from lora_hub.core import adapters, bases, fits
 from lora_hub.core.common import is_base_name
 from lora_hub.errors import (
     BaseNotFoundError,
@@ -59,7 +59,7 @@ from lora_hub.hashing import format_digest, parse_digest
 from lora_hub.progress import Progress
 from lora_hub.refs import Ref
 from lora_hub.store.base import StageWriter, StagingStore, check_stage_id
-from lora_hub.types import CompatReport, FileEntry, PushResult
+from lora_hub.types import BaseAddResult, BaseFile, CompatReport, FileEntry, PushResult
 
 MAX_MANIFEST_FILES = 10_000
 
@@ -234,6 +234,43 @@ def commit_manifest(
     _check_paths(files)
     if base is not None and not (is_base_name(base) and ctx.catalog.bases.has(base)):
         raise BaseNotFoundError(base)
+    _check_stored(ctx, files)
+    with _linked_folder(ctx, files) as (folder, verified):
+        try:
+            return adapters.push(
+                ctx, folder, name, metrics=metrics, tags=tags, description=description, base=base, lineage=lineage,
+                progress=progress, verified=verified,
+            )  # fmt: skip
+        except LoraHubError as exc:
+            # The staging folder means nothing to the client: name its own folder instead.
+            exc.message = exc.message.replace(str(folder), source or "the uploaded folder")
+            exc.args = (exc.message,)
+            raise
+
+
+def commit_base_manifest(
+    ctx: Context,
+    name: str,
+    files: Sequence[FileEntry],
+    *,
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> BaseAddResult:
+    """Register the stored base ``name`` made of ``files`` (``base add --store`` through a
+    server), whose blobs are in the store already: the same path and blob checks as
+    ``commit_manifest`` (``MissingBlobsError`` lists the blobs to upload first, and nothing is
+    registered), then ``bases.add_stored``, which computes the fingerprints from the stored
+    blobs. Done under a writing lease, so that ``gc`` collects none of them meanwhile."""
+    _check_paths(files)
+    with ctx.catalog.leases.writing():
+        _check_stored(ctx, files)
+        described = [BaseFile(path=e.path, size=e.size, digest=e.digest) for e in files]
+        return bases.add_stored(ctx, name, described, source=source, progress=progress)
+
+
+def _check_stored(ctx: Context, files: Sequence[FileEntry]) -> None:
+    """Every blob of the manifest is stored, with the manifest's size; else ``MissingBlobsError``
+    listing the missing digests (a size that differs is refused outright)."""
     missing = []
     for entry in files:
         size = blob_size(ctx, entry.digest)
@@ -248,17 +285,6 @@ def commit_manifest(
             f"{len(missing)} blob(s) of the manifest are not stored", missing=sorted(set(missing)),
             hint="upload them, then commit the manifest again",
         )  # fmt: skip
-    with _linked_folder(ctx, files) as (folder, verified):
-        try:
-            return adapters.push(
-                ctx, folder, name, metrics=metrics, tags=tags, description=description, base=base, lineage=lineage,
-                progress=progress, verified=verified,
-            )  # fmt: skip
-        except LoraHubError as exc:
-            # The staging folder means nothing to the client: name its own folder instead.
-            exc.message = exc.message.replace(str(folder), source or "the uploaded folder")
-            exc.args = (exc.message,)
-            raise
 
 
 def validate_stored(ctx: Context, ref: str, base: str) -> CompatReport:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 from urllib.parse import quote
 
 import httpx
@@ -41,16 +41,18 @@ from lora_hub.errors import (
     NotSupportedError,
     ServerError,
 )
+from lora_hub.formats.hf import read_model_dir
 from lora_hub.formats.peft import check_finite_tensors, read_adapter_dir
 from lora_hub.formats.safetensors_file import nonfinite_tensors
 from lora_hub.hashing import CHUNK, hash_file
 from lora_hub.progress import NoProgress, Progress
-from lora_hub.refs import Ref
+from lora_hub.refs import AdapterName, Ref
 from lora_hub.remote.tokens import read_token
 from lora_hub.settings import Settings
 from lora_hub.types import (
     AdapterVersion,
     BaseAddResult,
+    BaseFile,
     BaseModelInfo,
     CombineResult,
     CompatReport,
@@ -70,6 +72,7 @@ from lora_hub.types import (
 
 if TYPE_CHECKING:
     from lora_hub.api import (
+        BasePullResult,
         ExporterInfo,
         ExportResult,
         ExtractResult,
@@ -349,27 +352,33 @@ class RemoteHub:
         return PullResult(version=version, path=str(out), bytes_written=written)
 
     def _download(self, ns: str, entry: FileEntry, target: Path, advance: Any) -> int:
+        with open(target, "wb") as fh:
+            size = self._fetch(f"/v1/blobs/{ns}/{entry.digest}", fh, entry.path, entry.digest, entry.size, advance)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return size
+
+    def _fetch(self, url: str, fh: BinaryIO, label: str, digest: str, expected: int, advance: Any) -> int:
+        """Stream ``url`` into ``fh``, hashing it; the bytes written, or ``IntegrityError`` when
+        they are not ``digest`` (``expected`` bytes)."""
         h = hashlib.sha256()
         size = 0
         try:
-            with self._http.stream("GET", f"/v1/blobs/{ns}/{entry.digest}") as response:
+            with self._http.stream("GET", url) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise error_from(response)
-                with open(target, "wb") as fh:
-                    for block in response.iter_raw(CHUNK):  # blobs are sent as they are: no decoding
-                        h.update(block)
-                        fh.write(block)
-                        size += len(block)
-                        advance(len(block))
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                for block in response.iter_raw(CHUNK):  # blobs are sent as they are: no decoding
+                    h.update(block)
+                    fh.write(block)
+                    size += len(block)
+                    advance(len(block))
         except httpx.TransportError as exc:
-            raise ServerError(f"the download of {entry.path} from {self.url} failed: {exc}") from exc
+            raise ServerError(f"the download of {label} from {self.url} failed: {exc}") from exc
         got = "sha256:" + h.hexdigest()
-        if got != entry.digest or size != entry.size:
+        if got != digest or size != expected:
             raise IntegrityError(
-                f"{entry.path} came from the server as {got} ({size} bytes), not {entry.digest} ({entry.size} bytes)",
+                f"{label} came from the server as {got} ({size} bytes), not {digest} ({expected} bytes)",
                 hint="pull again; if it repeats, ask the server's admin to run `lorahub verify --all`",
             )
         return size
@@ -495,10 +504,64 @@ class RemoteHub:
     def base_add(
         self, path: str | os.PathLike[str], name: str, *, store: bool = False, progress: Progress | None = None
     ) -> BaseAddResult:
-        self._unsupported("registering bases (base add)")
+        """``Hub.base_add`` through the server, with ``store`` only (the server cannot read a
+        folder of this machine): the folder is read and checked here, its files hashed, the manifest
+        sent (``POST /v1/bases/{name}``, an admin's), the blobs it answers missing uploaded
+        (``/v1/blobs/_/``, only those), and the manifest committed again; the server computes the
+        fingerprints from the stored blobs."""
+        progress = progress or NoProgress()
+        if str(path).startswith("hf:/"):
+            self._unsupported("registering a base from the Hugging Face Hub (run it on the server's machine)")
+        if not store:
+            raise NotSupportedError(
+                f"the lorahub server at {self.url} cannot read the folder {path} of this machine: "
+                "a base registered through it must be stored there",
+                hint=f"add --store to upload its files (`lorahub base add {path} --name {name} --store`), "
+                "or run `lorahub base add` on the server's machine",
+            )
+        AdapterName.parse(name)
+        model = read_model_dir(path)
+        total = sum(p.stat().st_size for p in model.files.values())
+        with progress.task("hashing", total) as advance:
+            hashed = {rel: hash_file(p, advance) for rel, p in sorted(model.files.items())}
+        entries = [FileEntry(path=rel, digest=d, size=n) for rel, (d, n) in hashed.items()]
+        body = {"files": [e.model_dump() for e in entries], "source": str(path)}
+        written = self._commit_with_blobs(
+            NO_NAMESPACE, entries, model.files, f"/v1/bases/{_path(name)}", body, progress
+        )
+        result = BaseAddResult.model_validate(written[0])
+        return result.model_copy(update={"stored_bytes": result.stored_bytes + written[1]})
+
+    def _commit_with_blobs(
+        self,
+        ns: str,
+        entries: Sequence[FileEntry],
+        sources: Mapping[str, Path],
+        url: str,
+        body: dict[str, Any],
+        progress: Progress,
+    ) -> tuple[Any, int]:
+        """POST the manifest ``body`` to ``url`` first: its 409 lists the blobs the server lacks
+        (one request rather than a ``HEAD`` per file, and a caller the route refuses is told so
+        before any byte is sent); upload those, then commit again (and once more, for a blob
+        collected by ``gc`` meanwhile). (The response's JSON, the bytes uploaded.)"""
+        written = 0
+        by_digest = {e.digest: e for e in entries}
+        for attempt in range(3):
+            try:
+                return self._json("POST", url, json=body), written
+            except MissingBlobsError as exc:
+                if attempt == 2:
+                    raise
+                missing = [by_digest[d] for d in exc.missing if d in by_digest]
+            with progress.task("storing", sum(e.size for e in missing)) as advance:
+                for entry in missing:
+                    written += self._upload(ns, sources[entry.path], entry, advance)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def base_remove(self, name: str) -> BaseModelInfo:
-        self._unsupported("removing bases (base rm)")
+        """``Hub.base_remove`` on the server (an admin's); its stored blobs are freed by ``gc``."""
+        return BaseModelInfo.model_validate(self._json("DELETE", f"/v1/bases/{_path(name)}"))
 
     def merge(
         self,
@@ -736,11 +799,25 @@ class RemoteHub:
         force: bool = False,
         overwrite: bool = False,
         progress: Progress | None = None,
-    ) -> NoReturn:
-        """``Hub.base_pull`` from the server: not offered yet. The blob route
-        (``GET /v1/blobs/{ns}/{digest}``) serves only blobs that an adapter version of the
-        namespace refers to, never a base's stored files (a route for those is missing)."""
-        self._unsupported("pulling bases (base pull)")
+    ) -> BasePullResult:
+        """``Hub.base_pull`` from the server: the same checks and output rule as on the server's
+        machine (``lora_hub.core.bases.write_pulled``), each file streamed from
+        ``GET /v1/bases/{name}/-/files/{path}`` and checked against its digest, the folder
+        renamed into place only once every file is."""
+        from lora_hub.core import bases as base_core  # the pull's own rules, not a copy of them
+
+        info = self.base_show(name)
+
+        def copy(f: BaseFile, fh: BinaryIO, advance: Any) -> int:
+            assert f.digest is not None
+            url = f"/v1/bases/{_path(info.name or name)}/-/files/{quote(f.path, safe='/')}"
+            return self._fetch(url, fh, f.path, f.digest, f.size, advance)
+
+        return base_core.write_pulled(
+            info, dest, copy, replace=Replace.of(force=force, overwrite=overwrite),
+            protected=[Protected(self.settings.home, "the lora-hub home (LORAHUB_HOME)")],
+            registry=PartialRegistry(self.settings.home / "partials"), progress=progress,
+        )  # fmt: skip
 
 
 class _Unreachable(ServerError):

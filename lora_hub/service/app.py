@@ -12,6 +12,17 @@ whether a blob is stored, ``PUT`` streams one in (hashed as it arrives, visible 
 matches), ``GET`` streams one out (Range, ``ETag`` = digest), and
 ``POST /v1/adapters/{name}/-/manifest`` commits a version last. ``_`` stands for "no namespace".
 
+Bases belong to no namespace: any valid token (or anonymous reading, where allowed) lists and
+shows them and reads a stored base's files, ``GET /v1/bases/{name}/-/files/{path}`` (streamed,
+Range, ``ETag`` = digest; ``lorahub base pull``). Registering one is an admin's: its files are
+uploaded as blobs of ``_`` and committed as ``POST /v1/bases/{name}`` (``{"files": [...]}``; 409
+``MANIFEST_BLOB_UNKNOWN`` lists the missing blobs, and nothing is registered), removing one is
+``DELETE /v1/bases/{name}``.
+
+Jobs (``/v1/jobs``): an admin's, except a merge of registered names whose output is stored as a
+base (``store_output``), which a write token may submit, see and cancel when it may read every
+adapter's namespace and write the output name's (see the jobs section below).
+
 Resumable uploads, as OCI registries take them: ``POST /v1/blobs/{ns}/uploads`` starts a session
 (202, ``Location``; with ``?mount=<digest>&from=<ns>``, 201 and no bytes to send when the caller
 may read a version of ``<ns>`` that uses the blob), ``PATCH`` its ``Location`` with chunks
@@ -51,6 +62,7 @@ from lora_hub.errors import (
     DigestMismatchError,
     IncompatibleError,
     InvalidArgumentError,
+    JobNotFoundError,
     LoraHubError,
     MissingBlobsError,
     NotFoundError,
@@ -63,6 +75,7 @@ from lora_hub.service.auth import Principal, principal_of
 from lora_hub.settings import Settings
 from lora_hub.types import (
     AdapterVersion,
+    BaseAddResult,
     BaseModelInfo,
     CompatReport,
     FileEntry,
@@ -111,6 +124,12 @@ class ManifestBody(BaseModel):
     tags: list[str] = Field(default_factory=list)
     description: str | None = None
     base: str | None = Field(default=None, description="a base registered on the server")
+    source: str | None = Field(default=None, description="the client's folder, as named in error messages")
+
+
+class BaseManifestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    files: list[FileEntry]
     source: str | None = Field(default=None, description="the client's folder, as named in error messages")
 
 
@@ -380,10 +399,44 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
         caller.need_any()
         return the_hub.base_list()
 
+    # Bases belong to no namespace: any valid token (or anonymous reading) reads them, stored
+    # files included; only an admin registers or removes one (issue 14: admin = tokens, gc, bases).
+    @app.get("/v1/bases/{name:path}/-/files/{file:path}", tags=["bases"], response_class=FileResponse)
+    def base_file(caller: Caller, name: str, file: str) -> FileResponse:
+        """One stored file of a stored base (``lorahub base pull``), streamed, Range requests
+        answered, ``ETag`` = its digest (which the client checks). 501 when the base is not in
+        the blob store, 404 when it has no such file."""
+        caller.need_any()
+        stored = the_hub.base_file(name, file)
+        assert stored.digest is not None
+        with the_hub.blob_file(stored.digest) as path:
+            return _BlobResponse(
+                path,
+                media_type="application/octet-stream",
+                headers={"ETag": f'"{stored.digest}"', "Docker-Content-Digest": stored.digest},
+            )
+
     @app.get("/v1/bases/{name:path}", tags=["bases"])
     def base_show(caller: Caller, name: str) -> BaseModelInfo:
         caller.need_any()
         return the_hub.base_show(name)
+
+    @app.post("/v1/bases/{name:path}", tags=["bases"])
+    def base_commit(caller: Caller, name: str, body: BaseManifestBody, response: Response) -> BaseAddResult:
+        """Register a stored base made of uploaded blobs (``base add --store`` through the
+        server; upload them first under ``/v1/blobs/_/``): the server computes its fingerprints
+        from the stored blobs. 201 (new), 200 (the same content under that name already), 409
+        ``MANIFEST_BLOB_UNKNOWN`` with ``detail.missing`` (nothing registered). Admin only."""
+        caller.need_admin()
+        result = the_hub.commit_base_manifest(name, body.files, source=body.source)
+        response.status_code = 201 if result.created else 200
+        return result
+
+    @app.delete("/v1/bases/{name:path}", tags=["bases"])
+    def base_remove(caller: Caller, name: str) -> BaseModelInfo:
+        """Forget a base (``lorahub base rm``); its stored blobs are freed by ``gc``. Admin only."""
+        caller.need_admin()
+        return the_hub.base_remove(name)
 
     @app.post("/v1/validate", tags=["bases"])
     def validate(caller: Caller, body: ValidateBody) -> CompatReport:
@@ -594,32 +647,77 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
         return Response(status_code=204)
 
     # --- jobs (lora_hub.core.jobs) ------------------------------------------------------------------
-    # A job names paths of the server's machine (base and adapter folders, outputs), so only an
-    # admin may submit, see or cancel one.
+    # A job that names paths of the server's machine (base and adapter folders, outputs) is an
+    # admin's. A job that names only registered things (``ServingHub.job_names``: a merge of a
+    # registered base and stored adapters whose output is stored as a base, ``store_output``) is
+    # also a write token's, when the token may read every adapter's namespace and write the
+    # output name's namespace (``acme/merged`` for a write token of ``acme``; a name without a
+    # namespace needs a token that writes there, i.e. ``*``). The same rule says who may see or
+    # cancel a job, and which jobs a write token lists.
+
+    def _is_admin(caller: Principal) -> bool:
+        return caller.token is not None and caller.token.scope == "admin" and caller.token.namespace == "*"
+
+    def _need_read_adapter(caller: Principal, name: str) -> None:
+        caller.need(Ref.parse(name).adapter.namespace, "read", lambda: AdapterNotFoundError(name))
+
+    def _may_run(caller: Principal, request: dict[str, Any]) -> None:
+        """Raise unless ``caller`` may submit (see, cancel) a job of this request."""
+        if _is_admin(caller):
+            return
+        names = the_hub.job_names(request) if caller.token is not None else None
+        if names is None:
+            caller.need_admin()
+            return
+        for adapter in names.adapters:
+            _need_read_adapter(caller, adapter)
+        _need_write(caller, Ref.parse(names.output).adapter.namespace)
+
+    def _visible_job(caller: Principal, job_id: str) -> JobInfo:
+        if not _is_admin(caller):
+            caller.need_any()  # 401 before anything is looked up
+        job = the_hub.job(job_id)
+        try:
+            _may_run(caller, job.request)
+        except NotFoundError:
+            raise JobNotFoundError(job_id) from None  # one of its namespaces is not the caller's to read
+        return job
 
     @app.post("/v1/jobs", tags=["jobs"], status_code=201)
     def submit_job(caller: Caller, body: Annotated[dict[str, Any], Body()]) -> JobInfo:
         """Submit a merge, export or pipeline (a ``JobRequest``); joins an identical active job.
         On SQLite the server runs it in its own worker thread; on PostgreSQL `lorahub worker`s do."""
-        caller.need_admin()
+        if caller.token is None:
+            caller.need_admin()  # 401 before the request is read
+        _may_run(caller, body)
         return the_hub.submit_request(body)
 
     @app.get("/v1/jobs", tags=["jobs"])
     def list_jobs(
         caller: Caller, state: Annotated[str | None, Query()] = None, limit: Annotated[int, Query(ge=1)] = 50
     ) -> list[JobInfo]:
-        caller.need_admin()
-        return the_hub.jobs(state=state, limit=limit)
+        """The newest jobs: every job for an admin, those it may run for a write token."""
+        if _is_admin(caller):
+            return the_hub.jobs(state=state, limit=limit)
+        if caller.token is None or caller.token.scope == "read":
+            caller.need_admin()
+        mine = []
+        for job in the_hub.jobs(state=state, limit=limit):
+            try:
+                _may_run(caller, job.request)
+            except LoraHubError:
+                continue
+            mine.append(job)
+        return mine
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     def show_job(caller: Caller, job_id: str) -> JobInfo:
-        caller.need_admin()
-        return the_hub.job(job_id)
+        return _visible_job(caller, job_id)
 
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
     def cancel_job(caller: Caller, job_id: str) -> JobInfo:
         """Cancel a queued job; ask a running one to stop."""
-        caller.need_admin()
+        _visible_job(caller, job_id)
         return the_hub.cancel_job(job_id)
 
     return app

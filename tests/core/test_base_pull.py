@@ -14,10 +14,7 @@ from typer.testing import CliRunner
 from lora_hub import Hub
 from lora_hub.cli.main import app
 from lora_hub.errors import DestinationExistsError, IntegrityError, NotSupportedError, ProtectedPathError
-from lora_hub.remote.client import RemoteHub
-from lora_hub.settings import Settings
 from tests.helpers import blob_path, save_llama, tree_bytes
-from tests.service.conftest import make_hub, serve
 
 runner = CliRunner()
 MARK = ".lorahub-output.json"
@@ -101,22 +98,3 @@ def test_cli_base_pull_json(lorahub_env: dict[str, str], model: Path, tmp_path: 
     assert {f["path"]: f["digest"] for f in doc["base"]["files"]} == want
     again = runner.invoke(app, ["base", "pull", "tiny", "-o", str(tmp_path / "out")])
     assert again.exit_code != 0 and "--force" in again.output
-
-
-def test_through_a_server_base_pull_is_refused_with_the_way_out(
-    tmp_path: Path, catalog_url: str, model: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The server has no route for a base's stored files yet: the client says so, writes nothing."""
-    for key in ("LORAHUB_URL", "LORAHUB_TOKEN", "LORAHUB_STORE_URL"):
-        monkeypatch.delenv(key, raising=False)
-    with make_hub(tmp_path / "server-home", catalog_url) as served, serve(served) as url:
-        served.base_add(model, "tiny", store=True)
-        token = served.token_create("admin", "*").secret
-        settings = Settings(
-            **{**Settings.from_env(home=tmp_path / "client").__dict__, "server_url": url, "token": token}
-        )
-        with RemoteHub(settings) as remote:
-            assert remote.base_show("tiny").stored
-            with pytest.raises(NotSupportedError, match="base pull"):
-                remote.base_pull("tiny", tmp_path / "out")
-    assert not (tmp_path / "out").exists()

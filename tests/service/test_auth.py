@@ -13,7 +13,8 @@ import pytest
 
 from lora_hub.catalog.tokens import hash_secret
 from lora_hub.core import transfer
-from tests.helpers import write_adapter
+from lora_hub.types import FileEntry
+from tests.helpers import save_llama, write_adapter
 from tests.service.conftest import Served, make_hub, serve
 
 
@@ -113,6 +114,13 @@ def _routes(served: Served, src: Path, digests: dict[str, str], files: dict[str,
     str, tuple[str, Call]
 ]:  # fmt: skip
     """route name -> (what it needs: read | write | admin | any, the request for a namespace)."""
+    base_files = {ns: [f.model_dump() for f in served.hub.base_show(f"{ns}/b").files] for ns in ("acme", "zeta")}
+    job_requests = {ns: _stored_merge(ns) for ns in ("acme", "zeta")}
+    job_ids = {ns: served.hub.submit_request(job_requests[ns]).id for ns in ("acme", "zeta")}
+
+    def base_rm(c: httpx.Client, ns: str) -> httpx.Response:
+        served.hub.commit_base_manifest(f"{ns}/victim-base", [FileEntry.model_validate(f) for f in base_files[ns]])
+        return c.delete(f"/v1/bases/{ns}/victim-base")
 
     def rm(c: httpx.Client, ns: str) -> httpx.Response:
         v = served.hub.push(src, f"{ns}/victim").version  # the same version until it is removed
@@ -159,9 +167,22 @@ def _routes(served: Served, src: Path, digests: dict[str, str], files: dict[str,
             lambda c, ns: c.post(f"/v1/blobs/{ns}/uploads", params={"mount": digests[ns], "from": ns}),
         ),
         "gc": ("admin", lambda c, ns: c.post("/v1/gc", json={"dry_run": True})),
+        "base_file": ("any", lambda c, ns: c.get(f"/v1/bases/{ns}/b/-/files/config.json")),
+        "base_commit": ("admin", lambda c, ns: c.post(f"/v1/bases/{ns}/b", json={"files": base_files[ns]})),
+        "base_rm": ("admin", base_rm),
+        # a merge of registered names stored as {ns}/merged: reads and writes {ns} (app.py's rule)
+        "job_submit": ("write", lambda c, ns: c.post("/v1/jobs", json=job_requests[ns])),
+        "job_show": ("write", lambda c, ns: c.get(f"/v1/jobs/{job_ids[ns]}")),
+        "job_cancel": ("write", lambda c, ns: c.delete(f"/v1/jobs/{job_ids[ns]}")),
         "bases": ("any", lambda c, ns: c.get("/v1/bases")),
         "methods": ("any", lambda c, ns: c.get("/v1/methods")),
     }
+
+
+def _stored_merge(ns: str) -> dict[str, object]:
+    """A job request of registered names only: base ``{ns}/b``, adapter ``{ns}/m``, output stored."""
+    pipeline = {"base_model": f"{ns}/b", "models": [{"model": f"{ns}/m"}], "output": "", "name": f"{ns}/merged"}
+    return {"kind": "pipeline", "pipeline": pipeline, "device": "cpu", "store_output": True}
 
 
 def _expected(kind: str, ns: str, needs: str, route: str) -> int:
@@ -180,14 +201,17 @@ def _expected(kind: str, ns: str, needs: str, route: str) -> int:
         return 200 if route == "list_ns" else 404  # a listing of an unreadable namespace is empty
     if rank.index(level) < rank.index(needs):
         return 403
-    created = {"blob_put": 201, "upload_finish": 201, "upload_mount": 201, "upload_start": 202, "upload_chunk": 202}
+    created = {"blob_put": 201, "upload_finish": 201, "upload_mount": 201, "upload_start": 202, "upload_chunk": 202,
+               "job_submit": 201}  # fmt: skip
     return created.get(route) or {"upload_status": 204, "upload_status_head": 204, "upload_abort": 204}.get(route, 200)
 
 
 def test_authorisation_matrix(served: Served, tmp_path: Path) -> None:
     src = write_adapter(tmp_path / "m", seed=7)
+    model = save_llama(tmp_path / "base", seed=1)
     digests, files = {}, {}
     for ns in ("acme", "zeta"):
+        served.hub.base_add(model, f"{ns}/b", store=True)
         v = served.hub.push(src, f"{ns}/m").version
         files[ns] = [f.model_dump() for f in v.files]
         digests[ns] = next(f.digest for f in v.files if f.path == "adapter_config.json")
@@ -210,7 +234,7 @@ def test_authorisation_matrix(served: Served, tmp_path: Path) -> None:
                     checked += 1
                     if got != want:
                         wrong.append((kind, ns, route, got, want))
-    assert checked == len(KINDS) * 2 * 23
+    assert checked == len(KINDS) * 2 * 29
     assert wrong == []
 
 
