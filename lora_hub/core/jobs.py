@@ -55,7 +55,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from lora_hub._context import Context
 from lora_hub._fs import pid_alive
 from lora_hub.core import bases, exporting, pipeline
-from lora_hub.core.common import is_base_name, split_weight
 from lora_hub.core.pipeline import PipelineSpec
 from lora_hub.errors import (
     InvalidArgumentError,
@@ -66,7 +65,6 @@ from lora_hub.errors import (
 )
 from lora_hub.hashing import hash_bytes
 from lora_hub.progress import Advance, Progress
-from lora_hub.refs import AdapterName, Ref
 from lora_hub.settings import Settings
 from lora_hub.store import BlobStore
 from lora_hub.store.cache import cached
@@ -233,6 +231,9 @@ def registered_names(ctx: Context, request: JobRequest) -> RegisteredNames | Non
     references, with no exports and no Hub push. None when it names anything else, such as a
     path of this machine (an adapter reference that is also a folder here is read as the folder,
     so it counts as a path): the server lets only an admin submit such a request."""
+    from lora_hub.core.common import is_base_name, split_weight
+    from lora_hub.refs import AdapterName, Ref
+
     spec = request.pipeline
     if request.kind != "pipeline" or not request.store_output or spec is None or not spec.name:
         return None
