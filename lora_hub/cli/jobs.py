@@ -191,10 +191,15 @@ def worker(
       lorahub worker --queue cpu --concurrency 2
     """
     import logging
+    import os
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger("lora_hub.jobs")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    if os.environ.get("LORAHUB_DEBUG"):  # procrastinate's own account of what it defers and runs
+        engine = logging.getLogger("procrastinate")
+        engine.addHandler(handler)
+        engine.setLevel(logging.DEBUG)
     hub().run_worker(queue=queue, concurrency=concurrency, wait=not once)

@@ -19,6 +19,7 @@ from lora_hub.errors import ConflictError, NotSupportedError
 TASK = "lorahub.run_job"
 QUEUES = ("cpu", "gpu", "any")
 HEARTBEAT_S = float(os.environ.get("LORAHUB_WORKER_HEARTBEAT_S", "10"))
+RETRY_CRON = "* * * * * */5"  # every 5 s: the stalled-job retry's schedule
 STALLED_AFTER_BEATS = 3  # a worker silent for this many heartbeats is taken for dead
 
 log = logging.getLogger("lora_hub.jobs")
@@ -69,7 +70,9 @@ def _app(database_url: str, role: str) -> Any:
 
         run_in_worker(database_url, job_id)
 
-    @app.periodic(cron="*/5 * * * * *")  # every 5 s
+    # croniter's optional seconds field is the sixth, last one: "*/5 * * * * *" would be every
+    # second of every fifth minute, and nothing in the four minutes between
+    @app.periodic(cron=RETRY_CRON)
     @app.task(name="lorahub.retry_stalled", queue="any", pass_context=True)
     async def retry_stalled(context: Any, timestamp: int) -> None:
         await retry_stalled_jobs(app)

@@ -215,11 +215,6 @@ def worker_process(tmp_path: Path, pg_url: str, **env: str) -> subprocess.Popen[
     )
 
 
-@pytest.mark.xfail(
-    reason="flaky since this session: in some runs the second worker never retries the dead worker's job "
-    "(procrastinate's periodic retry task does not run); not understood yet, see the stop note of 2026-12-03",
-    strict=False,
-)
 def test_a_killed_worker_leaves_the_job_to_another(hub: Hub, zoo: Zoo, tmp_path: Path, pg_url: str) -> None:
     out = tmp_path / "out"
     spec = hub.merge_pipeline(zoo.base("llama"), [str(zoo.adapter(ADAPTER))], out, formats=[], name="acme/m")
