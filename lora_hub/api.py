@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from lora_hub._context import Context
 from lora_hub.catalog.tokens import CreatedToken, TokenInfo
@@ -66,9 +66,12 @@ if TYPE_CHECKING:
     from lora_hub.export.exporter import ExporterInfo
     from lora_hub.export.run import ExportResult
     from lora_hub.hubsync.types import HubExportResult, HubImportResult, HubSyncResult
+    from lora_hub.jobs.follow import JobResult
     from lora_hub.jobs.inprocess import InProcessWorker
     from lora_hub.rank.types import ExtractResult, RankAnalysis, ReduceResult
     from lora_hub.types import BaseFile
+
+HubOp = Literal["import", "export", "sync"]  # the `lorahub hub` operations a job runs
 
 __all__ = ["CreatedToken", "Hub", "HubAPI", "ServingHub", "TokenInfo", "open_hub"]
 
@@ -164,6 +167,8 @@ class HubAPI(Protocol):
         overwrite: bool = False,
     ) -> JobInfo: ...
 
+    def submit_hub(self, op: HubOp, **arguments: Any) -> JobInfo: ...
+
     def job(self, job_id: str) -> JobInfo: ...
 
     def jobs(self, *, state: str | None = None, limit: int = 50) -> list[JobInfo]: ...
@@ -174,7 +179,7 @@ class HubAPI(Protocol):
         self, job_id: str, progress: Progress | None = None, *, timeout_s: float | None = None
     ) -> JobInfo: ...
 
-    def job_result(self, job: JobInfo) -> PipelineResult | ExportResult: ...
+    def job_result(self, job: JobInfo) -> JobResult: ...
 
     def run_worker(self, *, queue: str | None = None, concurrency: int = 1, wait: bool = True) -> None: ...
 
@@ -513,6 +518,14 @@ class Hub:
                                           force=force, overwrite=overwrite)  # fmt: skip
         return job_core.submit(self._ctx, request)
 
+    def submit_hub(self, op: HubOp, **arguments: Any) -> JobInfo:
+        """Hand ``lorahub hub OP`` (``import``: repo, name, base, tags; ``export``: name (the ref),
+        repo, revision, private, create, dry_run; ``sync``: namespace, repo (the organisation),
+        pull, private, dry_run) to the workers, which use their own ``HF_ENDPOINT`` and ``HF_TOKEN``."""
+        from lora_hub.core import jobs as job_core
+
+        return job_core.submit(self._ctx, job_core.hub_request(op, **arguments))
+
     def job(self, job_id: str) -> JobInfo:
         return self._ctx.catalog.jobs.get(job_id)
 
@@ -532,7 +545,7 @@ class Hub:
 
         return job_core.follow(self._ctx, job_id, progress, timeout_s=timeout_s)
 
-    def job_result(self, job: JobInfo) -> PipelineResult | ExportResult:
+    def job_result(self, job: JobInfo) -> JobResult:
         """The result of a succeeded job as the local command returns it; for a failed or
         cancelled one, raises the error the local command would have raised."""
         from lora_hub.jobs.follow import result_of

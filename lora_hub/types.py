@@ -433,12 +433,13 @@ class JobLogLine(_Model):
 
 
 class JobInfo(_Model):
-    """A job: a merge, export or pipeline run by a worker. ``result`` is the local command's
-    result (a ``PipelineResult`` or ``ExportResult`` as JSON) once it succeeded; ``error`` is
+    """A job: a merge, export, pipeline or Hub import/export/sync run by a worker. ``result`` is
+    the local command's result (a ``PipelineResult``, ``ExportResult`` or Hub result as JSON) once
+    it succeeded; ``error`` is
     the error the local command would have raised (``{"code", "message", "hint"}``)."""
 
     id: str
-    kind: Literal["pipeline", "export"]
+    kind: Literal["pipeline", "export", "hub"]
     queue: str = Field(description="cpu or gpu: the workers that may take it")
     state: JobState
     request: dict[str, Any]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, human_bytes, print_json, say, warn
+from lora_hub.cli.jobs import DetachOpt, SubmitOpt, submitted
 
 if TYPE_CHECKING:
-    from lora_hub.api import HubExportResult
+    from lora_hub.api import HubExportResult, HubImportResult, HubSyncResult
 
 app = typer.Typer(
     help="Import adapters from the Hugging Face Hub and export adapters and merged models to it. "
@@ -39,6 +40,8 @@ def import_(
         list[str], typer.Option("--tag", "-t", metavar="TAG", help="Tag to point at the version; repeatable.")
     ] = [],  # noqa: B006
     endpoint: EndpointOpt = None,
+    submit: SubmitOpt = False,
+    detach: DetachOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Import a PEFT adapter repo as the next version of NAME, pinned to a commit.
@@ -51,7 +54,15 @@ def import_(
 
     Example: lorahub hub import alice/sql-lora@v1 --name acme/sql-lora
     """
-    result = hub().hub_import(repo, name, base=base, tags=tag, endpoint=endpoint, progress=RichProgress(not json))
+    if submit or detach:  # a worker imports it, with its own HF_ENDPOINT and HF_TOKEN
+        _no_endpoint(endpoint)
+        job = hub().submit_hub("import", repo=repo, name=name, base=base, tags=list(tag))
+        done = cast("HubImportResult | None", submitted(job, detach=detach, json=json))
+        if done is None:
+            return
+        result = done
+    else:
+        result = hub().hub_import(repo, name, base=base, tags=tag, endpoint=endpoint, progress=RichProgress(not json))
     for w in result.warnings:
         warn(w)
     if json:
@@ -88,6 +99,8 @@ def export(
         bool, typer.Option("--dry-run", help="Show what would be sent and removed; write nothing.")
     ] = False,
     endpoint: EndpointOpt = None,
+    submit: SubmitOpt = False,
+    detach: DetachOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Export an adapter version or a merged model to a Hub repo, in one commit.
@@ -103,16 +116,17 @@ def export(
 
     Example: lorahub hub export acme/sql-lora:3 alice/sql-lora --create
     """
-    result = hub().hub_export(
-        ref,
-        repo_id,
-        revision=revision,
-        private=private,
-        create=create,
-        dry_run=dry_run,
-        endpoint=endpoint,
-        progress=RichProgress(not json),
-    )
+    if submit or detach:
+        _no_endpoint(endpoint)
+        job = hub().submit_hub("export", name=ref, repo=repo_id, revision=revision, private=private, create=create,
+                               dry_run=dry_run)  # fmt: skip
+        done = cast("HubExportResult | None", submitted(job, detach=detach, json=json))
+        if done is None:
+            return
+        result = done
+    else:
+        result = hub().hub_export(ref, repo_id, revision=revision, private=private, create=create, dry_run=dry_run,
+                                  endpoint=endpoint, progress=RichProgress(not json))  # fmt: skip
     if json:
         print_json(result)
         return
@@ -160,6 +174,8 @@ def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
     private: Annotated[bool, typer.Option("--private", help="Create missing repos private.")] = False,
     endpoint: EndpointOpt = None,
+    submit: SubmitOpt = False,
+    detach: DetachOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Mirror a namespace to a Hub organisation (the latest version of each NS/NAME to ORG/NAME),
@@ -170,8 +186,16 @@ def sync(
 
     Example: lorahub hub sync acme lora-org --dry-run
     """
-    result = hub().hub_sync(namespace, org, pull=pull, dry_run=dry_run, private=private, endpoint=endpoint,
-                        progress=RichProgress(not json))  # fmt: skip
+    if submit or detach:
+        _no_endpoint(endpoint)
+        job = hub().submit_hub("sync", namespace=namespace, repo=org, pull=pull, dry_run=dry_run, private=private)
+        done = cast("HubSyncResult | None", submitted(job, detach=detach, json=json))
+        if done is None:
+            return
+        result = done
+    else:
+        result = hub().hub_sync(namespace, org, pull=pull, dry_run=dry_run, private=private, endpoint=endpoint,
+                                progress=RichProgress(not json))  # fmt: skip
     if json:
         print_json(result)
         return
@@ -187,3 +211,13 @@ def sync(
         say(f"dry run: {todo} of {len(result.items)} would change; nothing was written")
     else:
         say(f"{todo} of {len(result.items)} changed")
+
+
+def _no_endpoint(endpoint: str | None) -> None:
+    if endpoint is not None:
+        from lora_hub.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            "--endpoint cannot go with --submit or --detach: workers talk to the Hub with their own HF_ENDPOINT",
+            hint="leave out --endpoint, and set HF_ENDPOINT and HF_TOKEN where `lorahub worker` runs",
+        )

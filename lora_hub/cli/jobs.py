@@ -11,7 +11,7 @@ from lora_hub.cli._common import JsonOpt, RichProgress, handle_errors, hub, prin
 from lora_hub.types import JobInfo
 
 if TYPE_CHECKING:
-    from lora_hub.api import ExportResult, PipelineResult
+    from lora_hub.api import JobResult
 
 app = typer.Typer(
     help="Jobs run by workers (PostgreSQL catalogs): list, show, wait, cancel, logs.", no_args_is_help=True
@@ -23,7 +23,7 @@ DetachOpt = Annotated[
 ]
 
 
-def submitted(job: JobInfo, *, detach: bool, json: bool) -> PipelineResult | ExportResult | None:
+def submitted(job: JobInfo, *, detach: bool, json: bool) -> JobResult | None:
     """After a submission: with ``detach``, print the job and return None; else follow it with
     progress and return its result (raising the error the local command would have raised)."""
     if detach:

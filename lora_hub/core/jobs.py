@@ -92,15 +92,36 @@ class ExportRequest(BaseModel):
     with_cache: bool = False
 
 
-class JobRequest(BaseModel):
-    """What a job runs: a pipeline (a merge and its exports; a plain merge has no exports) or an
-    export, with the flags of the local command."""
+class HubRequest(BaseModel):
+    """``lorahub hub import|export|sync``'s arguments (``op``), without endpoint or token: a worker
+    talks to the Hub with its own ``HF_ENDPOINT`` and ``HF_TOKEN``, so that no secret of the
+    submitter's is stored in the job's row and no submitter points the workers at a host."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["pipeline", "export"]
+    op: Literal["import", "export", "sync"]
+    repo: str = Field(default="", description="import: REPO_ID[@REVISION]; export: the repo to commit to")
+    name: str = Field(default="", description="import: [NS/]NAME to store under; export: the adapter or base ref")
+    base: str | None = Field(default=None, description="import: a base it must fit")
+    tags: list[str] = Field(default_factory=list, description="import: tags to point at the version")
+    revision: str | None = Field(default=None, description="export: the branch")
+    namespace: str = Field(default="", description="sync: the namespace")
+    pull: bool = Field(default=False, description="sync: import the organisation `repo` into `namespace`")
+    private: bool = False
+    create: bool = False
+    dry_run: bool = False
+
+
+class JobRequest(BaseModel):
+    """What a job runs: a pipeline (a merge and its exports; a plain merge has no exports), an
+    export, or a Hugging Face Hub import, export or sync, with the flags of the local command."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["pipeline", "export", "hub"]
     pipeline: PipelineSpec | None = None
     export: ExportRequest | None = None
+    hub: HubRequest | None = None
     device: str = Field(default="auto", description="auto: cuda if the worker has it")
     recompute: bool = False
     force: bool = False
@@ -113,7 +134,10 @@ class JobRequest(BaseModel):
 
     @property
     def queue(self) -> Queue:
-        """The workers that may take it: ``gpu`` for cuda, ``cpu`` for cpu, ``any`` for auto."""
+        """The workers that may take it: ``gpu`` for cuda, ``cpu`` for cpu, ``any`` for auto (and
+        for Hub transfers, which need no device)."""
+        if self.kind == "hub":
+            return "any"
         device = self.export.device if self.export is not None else self.device
         return "gpu" if device.startswith("cuda") else "cpu" if device == "cpu" else "any"
 
@@ -156,6 +180,11 @@ def export_request(
     return JobRequest(kind="export", export=export, recompute=recompute, force=force, overwrite=overwrite)
 
 
+def hub_request(op: Literal["import", "export", "sync"], **arguments: Any) -> JobRequest:
+    """The request of ``lorahub hub OP`` (``arguments``: those of ``HubRequest``)."""
+    return JobRequest(kind="hub", hub=HubRequest(op=op, **arguments))
+
+
 def _need_queue(ctx: Context) -> None:
     if ctx.catalog.db.is_sqlite:
         raise NotSupportedError(
@@ -178,6 +207,8 @@ def submit(ctx: Context, request: JobRequest, *, run_here: Callable[[str], None]
         pipeline.check(ctx, request.pipeline)
     if request.export is not None:
         _check_export(request.export)
+    if request.hub is not None:
+        _check_hub(request.hub)
     key = request.key
     doc = request.model_dump(mode="json")
     if ctx.catalog.db.is_sqlite:
@@ -221,8 +252,9 @@ class RegisteredNames(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    adapters: list[str] = Field(description="the adapters it merges, by name (no version)")
-    output: str = Field(description="the stored base it registers")
+    adapters: list[str] = Field(description="the adapters (or bases) it reads, by name (no version)")
+    output: str = Field(description="the stored base it registers, or the name it writes ('' for none)")
+    writes: str = Field(description="the namespace it writes in ('' for none)")
 
 
 def registered_names(ctx: Context, request: JobRequest) -> RegisteredNames | None:
@@ -234,6 +266,8 @@ def registered_names(ctx: Context, request: JobRequest) -> RegisteredNames | Non
     from lora_hub.core.common import is_base_name, split_weight
     from lora_hub.refs import AdapterName, Ref
 
+    if request.hub is not None:
+        return _hub_names(ctx, request.hub)
     spec = request.pipeline
     if request.kind != "pipeline" or not request.store_output or spec is None or not spec.name:
         return None
@@ -251,7 +285,42 @@ def registered_names(ctx: Context, request: JobRequest) -> RegisteredNames | Non
             output = str(AdapterName.parse(spec.name))
         except LoraHubError:
             return None
-    return RegisteredNames(adapters=names, output=output)
+    return RegisteredNames(adapters=names, output=output, writes=AdapterName.parse(output).namespace)
+
+
+def _hub_names(ctx: Context, h: HubRequest) -> RegisteredNames | None:
+    """A Hub import writes in its name's namespace (and may read a registered base, which any
+    token may); an export reads the adapter (or stored base) it sends and, publishing it under
+    the team's Hub token, counts as a write in its namespace; a sync reads and writes its
+    namespace. None when it names a path of this machine (a base folder)."""
+    from lora_hub.core.common import is_base_name
+    from lora_hub.refs import AdapterName, Ref
+
+    try:
+        if h.op == "import":
+            if h.base is not None and not (is_base_name(h.base) and ctx.catalog.bases.has(h.base)):
+                return None
+            name = str(AdapterName.parse(h.name))
+            return RegisteredNames(adapters=[], output=name, writes=AdapterName.parse(name).namespace)
+        if h.op == "export":
+            if Path(h.name).exists():
+                return None
+            name = str(Ref.parse(h.name).adapter)
+            return RegisteredNames(adapters=[name], output="", writes=Ref.parse(h.name).adapter.namespace)
+        namespace = AdapterName.parse(f"{h.namespace}/x").namespace
+    except LoraHubError:
+        return None
+    return RegisteredNames(adapters=[], output="", writes=namespace)
+
+
+def _check_hub(h: HubRequest) -> None:
+    """What ``lorahub hub`` checks before any request: the arguments its operation needs."""
+    needed = {"import": ("repo", "name"), "export": ("name", "repo"), "sync": ("namespace", "repo")}[h.op]
+    missing = [field for field in needed if not getattr(h, field)]
+    if missing:
+        raise InvalidArgumentError(
+            f"a Hub {h.op} job needs {' and '.join(missing)}", hint=f"see `lorahub hub {h.op} --help`"
+        )
 
 
 def _check_export(e: ExportRequest) -> None:
@@ -306,6 +375,8 @@ def _execute(ctx: Context, request: JobRequest, progress: Progress) -> dict[str,
         done = pipeline.run(ctx, request.pipeline, device=request.device, recompute=request.recompute,
                             force=request.force, overwrite=request.overwrite, progress=progress)  # fmt: skip
         return done.model_dump(mode="json")
+    if request.hub is not None:
+        return _execute_hub(ctx, request.hub, progress).model_dump(mode="json")
     e = request.export
     assert e is not None
     exported = exporting.export(ctx, e.model, e.output, e.format, dtype=e.dtype, device=e.device,
@@ -348,6 +419,19 @@ def _execute_stored(ctx: Context, request: JobRequest, progress: Progress) -> di
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _execute_hub(ctx: Context, h: HubRequest, progress: Progress) -> BaseModel:
+    """The Hub operation, with this worker's ``HF_ENDPOINT`` and ``HF_TOKEN``."""
+    from lora_hub.core import hubsync  # imports huggingface_hub: only when used
+
+    if h.op == "import":
+        return hubsync.import_adapter(ctx, h.repo, h.name, base=h.base, tags=h.tags, progress=progress)
+    if h.op == "export":
+        return hubsync.export(ctx, h.name, h.repo, revision=h.revision, private=h.private, create=h.create,
+                              dry_run=h.dry_run, progress=progress)  # fmt: skip
+    return hubsync.sync(ctx, h.namespace, h.repo, pull=h.pull, dry_run=h.dry_run, private=h.private,
+                        progress=progress)  # fmt: skip
 
 
 def _remove_dead_work_folders(parent: Path) -> None:

@@ -16,8 +16,13 @@ from lora_hub.progress import Advance, NoProgress, Progress
 from lora_hub.types import JobInfo
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from lora_hub.core.pipeline import PipelineResult
     from lora_hub.export.run import ExportResult
+    from lora_hub.hubsync.types import HubExportResult, HubImportResult, HubSyncResult
+
+    JobResult: TypeAlias = PipelineResult | ExportResult | HubImportResult | HubExportResult | HubSyncResult
 
 POLL_S = 0.25
 
@@ -54,7 +59,7 @@ def follow(
             time.sleep(poll_s)
 
 
-def result_of(job: JobInfo) -> PipelineResult | ExportResult:
+def result_of(job: JobInfo) -> JobResult:
     """The result of a succeeded job as the local command returns it; for a failed or cancelled
     one, raises the error the local command would have raised (``raise_for``)."""
     from lora_hub.core.pipeline import PipelineResult
@@ -67,6 +72,12 @@ def result_of(job: JobInfo) -> PipelineResult | ExportResult:
         )
     if job.kind == "export":
         return ExportResult.model_validate(job.result)
+    if job.kind == "hub":
+        from lora_hub.hubsync.types import HubExportResult, HubImportResult, HubSyncResult
+
+        op = (job.request.get("hub") or {}).get("op")
+        cls = {"import": HubImportResult, "export": HubExportResult}.get(op, HubSyncResult)
+        return cls.model_validate(job.result)
     return PipelineResult.model_validate(job.result)
 
 

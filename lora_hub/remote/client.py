@@ -79,12 +79,14 @@ if TYPE_CHECKING:
         HubAPI,
         HubExportResult,
         HubImportResult,
+        HubOp,
         HubSyncResult,
         PipelineResult,
         PipelineSpec,
         RankAnalysis,
         ReduceResult,
     )
+    from lora_hub.jobs.follow import JobResult
 
 NO_NAMESPACE = "_"
 ERROR_HEADER = "X-Lorahub-Error"  # the error of a HEAD request, which has no body
@@ -741,7 +743,7 @@ class RemoteHub:
 
         return follow(self.job, job_id, progress, timeout_s=timeout_s)
 
-    def job_result(self, job: JobInfo) -> PipelineResult | ExportResult:
+    def job_result(self, job: JobInfo) -> JobResult:
         from lora_hub.jobs.follow import result_of
 
         return result_of(job)
@@ -760,7 +762,10 @@ class RemoteHub:
         token: str | None = None,
         progress: Progress | None = None,
     ) -> HubImportResult:
-        self._unsupported("Hugging Face Hub import")
+        """A Hub import as a job on the server's workers (``submit_hub``), followed."""
+        self._server_hub_only(endpoint, token)
+        job = self.submit_hub("import", repo=repo, name=name, base=base, tags=list(tags))
+        return cast("HubImportResult", self.job_result(self.follow_job(job.id, progress)))
 
     def hub_export(
         self,
@@ -775,7 +780,11 @@ class RemoteHub:
         token: str | None = None,
         progress: Progress | None = None,
     ) -> HubExportResult:
-        self._unsupported("Hugging Face Hub export")
+        """A Hub export as a job on the server's workers (``submit_hub``), followed."""
+        self._server_hub_only(endpoint, token)
+        job = self.submit_hub("export", name=ref, repo=repo_id, revision=revision, private=private, create=create,
+                              dry_run=dry_run)  # fmt: skip
+        return cast("HubExportResult", self.job_result(self.follow_job(job.id, progress)))
 
     def hub_sync(
         self,
@@ -789,7 +798,22 @@ class RemoteHub:
         token: str | None = None,
         progress: Progress | None = None,
     ) -> HubSyncResult:
-        self._unsupported("Hugging Face Hub sync")
+        """A Hub sync as a job on the server's workers (``submit_hub``), followed."""
+        self._server_hub_only(endpoint, token)
+        job = self.submit_hub("sync", namespace=namespace, repo=org, pull=pull, dry_run=dry_run, private=private)
+        return cast("HubSyncResult", self.job_result(self.follow_job(job.id, progress)))
+
+    def submit_hub(self, op: HubOp, **arguments: Any) -> JobInfo:
+        from lora_hub.core import jobs as job_core
+
+        return self._submit(job_core.hub_request(op, **arguments).model_dump(mode="json"))
+
+    def _server_hub_only(self, endpoint: str | None, token: str | None) -> None:
+        if endpoint is not None or token is not None:
+            raise NotSupportedError(
+                f"the lorahub server at {self.url} talks to the Hugging Face Hub with its own endpoint and token",
+                hint="leave out --endpoint (and the token): set HF_ENDPOINT and HF_TOKEN for the server's workers",
+            )
 
     def base_pull(
         self,

@@ -653,7 +653,9 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
     # also a write token's, when the token may read every adapter's namespace and write the
     # output name's namespace (``acme/merged`` for a write token of ``acme``; a name without a
     # namespace needs a token that writes there, i.e. ``*``). The same rule says who may see or
-    # cancel a job, and which jobs a write token lists.
+    # cancel a job, and which jobs a write token lists. Hub jobs (``lorahub hub import|export|sync``
+    # through the server, run with the workers' own Hub token) are a write token's in the
+    # namespace they write: the import's name, the exported adapter's, the synced one.
 
     def _is_admin(caller: Principal) -> bool:
         return caller.token is not None and caller.token.scope == "admin" and caller.token.namespace == "*"
@@ -671,7 +673,7 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
             return
         for adapter in names.adapters:
             _need_read_adapter(caller, adapter)
-        _need_write(caller, Ref.parse(names.output).adapter.namespace)
+        _need_write(caller, names.writes)
 
     def _visible_job(caller: Principal, job_id: str) -> JobInfo:
         if not _is_admin(caller):

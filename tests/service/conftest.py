@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from typer.testing import CliRunner
 
 from lora_hub.api import ServingHub
+from lora_hub.cli.main import app
 from lora_hub.service import create_app
 from lora_hub.settings import Settings
 
@@ -86,3 +88,32 @@ def second_catalog_url(tmp_path: Path, catalog_url: str, request: pytest.Fixture
     if catalog_url.startswith("sqlite"):
         return f"sqlite:///{tmp_path / 'second.db'}"
     return str(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture
+def workers(served: Served) -> Iterator[None]:
+    """On PostgreSQL, a worker beside the server (on SQLite the server runs its jobs itself)."""
+    if served.hub.settings.database_url.startswith("sqlite"):
+        yield
+        return
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            served.hub.run_worker(wait=False)
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=60)
+
+
+def cli(served: Served, token: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """``lorahub ARGS`` against the server with the token named ``token``: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("LORAHUB_URL", served.url)
+    monkeypatch.setenv("LORAHUB_TOKEN", served.tokens[token])
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.exit_code, result.stdout, result.stderr

@@ -1,13 +1,11 @@
 """Merges and exports through a server are jobs (``POST /v1/jobs``): run by the server's own
 worker thread on SQLite, by ``lorahub worker`` processes on PostgreSQL; the CLI follows them and
-prints what the local command prints. A job names paths of the server's machine, so only an
-admin token may submit or see one."""
+prints what the local command prints. The jobs here name paths of the server's machine, so only
+an admin token may submit or see them (merges of registered names: test_merge_remote.py)."""
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from typer.testing import CliRunner
 
 from lora_hub.cli.main import app
 from tests.merge.models import Zoo
-from tests.service.conftest import Served
+from tests.service.conftest import Served, cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
 runner = CliRunner()
@@ -24,34 +22,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
     return Zoo(tmp_path_factory.mktemp("zoo"))
-
-
-@pytest.fixture
-def workers(served: Served) -> Iterator[None]:
-    """On PostgreSQL, a worker beside the server (on SQLite the server runs its jobs itself)."""
-    if served.hub.settings.database_url.startswith("sqlite"):
-        yield
-        return
-    stop = threading.Event()
-
-    def work() -> None:
-        while not stop.is_set():
-            served.hub.run_worker(wait=False)
-            stop.wait(0.1)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(timeout=60)
-
-
-def cli(served: Served, token: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setenv("LORAHUB_URL", served.url)
-    monkeypatch.setenv("LORAHUB_TOKEN", served.tokens[token])
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_a_merge_through_the_server_is_a_job(

@@ -8,54 +8,22 @@ PostgreSQL: a worker beside the server (as in ``test_jobs_remote``)."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from lora_hub.cli.main import app
 from lora_hub.core.pipeline import ModelSpec, PipelineSpec
 from lora_hub.remote.client import RemoteHub
 from lora_hub.settings import Settings
 from tests.helpers import PREFIX, adapter_config, adapter_tensors, save_llama, write_adapter
-from tests.service.conftest import Served
+from tests.service.conftest import Served, cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
-runner = CliRunner()
+
 SCALE = 8 / 4  # adapter_config: lora_alpha 8, r 4
-
-
-@pytest.fixture
-def workers(served: Served) -> Iterator[None]:
-    """On PostgreSQL, a worker beside the server (on SQLite the server runs its jobs itself)."""
-    if served.hub.settings.database_url.startswith("sqlite"):
-        yield
-        return
-    stop = threading.Event()
-
-    def work() -> None:
-        while not stop.is_set():
-            served.hub.run_worker(wait=False)
-            stop.wait(0.1)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(timeout=60)
-
-
-def cli(served: Served, token: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setenv("LORAHUB_URL", served.url)
-    monkeypatch.setenv("LORAHUB_TOKEN", served.tokens[token])
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
