@@ -46,7 +46,7 @@ def run(
         - model: acme/chat:1
           weight: 0.3
       dtype: auto                       # or bfloat16, float16, float32
-      output: ./merged
+      output: ./merged                  # left out: through a server, stored as base `name`
       name: acme/llama-sql-chat         # register the merged model as a base (optional)
       exports:
         - format: onnx                  # output default: <output>-<format>

@@ -111,15 +111,27 @@ def pull(
     folder); never lora-hub's own data or a registered base's folder.
     """
     info = ctx.catalog.bases.get(str(AdapterName.parse(name)), with_tensors=False)
+    return write_stored(ctx, info, dest, replace=Replace.of(force=force, overwrite=overwrite),
+                        protected=ctx.protected(), progress=progress)  # fmt: skip
+
+
+def write_stored(
+    ctx: Context,
+    info: BaseModelInfo,
+    dest: str | os.PathLike[str],
+    *,
+    replace: Replace,
+    protected: Sequence[Protected],
+    progress: Progress | None = None,
+) -> BasePullResult:
+    """``write_pulled`` from this context's blob store."""
 
     def copy(f: BaseFile, fh: BinaryIO, advance: Advance) -> int:
         assert f.digest is not None
         return ctx.store.copy_out(f.digest, fh, advance)  # raises on a digest mismatch
 
-    return write_pulled(
-        info, dest, copy, replace=Replace.of(force=force, overwrite=overwrite), protected=ctx.protected(),
-        registry=ctx.partials(), progress=progress,
-    )  # fmt: skip
+    return write_pulled(info, dest, copy, replace=replace, protected=protected, registry=ctx.partials(),
+                        progress=progress)  # fmt: skip
 
 
 def pullable(info: BaseModelInfo) -> list[BaseFile]:

@@ -400,7 +400,7 @@ def _execute_stored(ctx: Context, request: JobRequest, progress: Progress) -> di
     try:
         out = work / "merged"
         done = pipeline.run(ctx, spec.model_copy(update={"output": str(out)}), device=request.device,
-                            recompute=request.recompute, progress=progress)  # fmt: skip
+                            recompute=request.recompute, progress=progress, into_store=True)  # fmt: skip
         if out.is_dir():
             bases.store_folder(ctx, out, spec.name, progress=progress)
         elif not bases.show_base(ctx, spec.name).stored:  # the merge served from a record elsewhere

@@ -71,6 +71,7 @@ def merge(
     force: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    into_store: bool = False,
 ) -> MergeResult:
     """Merge ``adapters`` (``ref[@weight]`` or ``folder[@weight]``) into ``base``, writing an HF
     model folder at ``output``: ``W' = W + sum_i w_i * s_i * B_i @ A_i`` for every target.
@@ -83,6 +84,11 @@ def merge(
     lora-hub wrote) or ``overwrite`` (any). With ``name``, the output is registered as a base
     with its lineage. ``method`` and ``params`` choose how several adapters combine
     (``lora_hub.merge.methods``; random methods take ``params["seed"]``).
+
+    A recipe whose recorded output is a stored base (a merge stored by a job, whose folder is
+    gone) is served from the blob store: written out to ``output``, or, with ``into_store``
+    (the caller stores the result as the base ``name``) and the same name, not written at all
+    (the result's ``path`` is then empty).
     """
     from lora_hub.merge.plan import parse_size, plan_merge
 
@@ -116,7 +122,8 @@ def merge(
     )
     _check_name_free(ctx, name, plan.recipe_digest)
     if not recompute:
-        reused = reuse_merge(ctx, plan.recipe_digest, out, name, replace, protected, progress)
+        reused = reuse_merge(ctx, plan.recipe_digest, out, name, replace, protected, progress,
+                             into_store=into_store)  # fmt: skip
         if reused is not None:
             return reused
     out = prepare_output(out, replace=replace, protected=protected)
@@ -302,12 +309,17 @@ def reuse_merge(
     replace: Replace,
     protected: Sequence[Protected],
     progress: Progress,
+    *,
+    into_store: bool = False,
 ) -> MergeResult | None:
     """The recorded output of this recipe, if it still holds what was recorded: served where it
-    is when ``out`` is that folder, else copied to ``out`` (under the output rule)."""
+    is when ``out`` is that folder, else copied to ``out`` (under the output rule); when the
+    folder is gone, from the stored base the record names (``_reuse_stored``)."""
     record = ctx.catalog.merges.find(recipe_digest)
-    if record is None or not Path(record.output_path).is_dir():
+    if record is None:
         return None
+    if not Path(record.output_path).is_dir():
+        return _reuse_stored(ctx, record, out, name, replace, protected, progress, into_store=into_store)
     source = Path(record.output_path)
     try:
         model = read_model_dir(source)
@@ -322,6 +334,35 @@ def reuse_merge(
         with staged_output(out, kind="merge", replace=replace, registry=ctx.partials(), details=details) as tmp:
             copy_tree(source, tmp, progress)
     if name is not None and (name != record.name or not ctx.catalog.bases.has(name)):
+        register_merged(ctx, out, name, digests, record)
+        record = ctx.catalog.merges.record(record.model_copy(update={"name": name}))
+    return MergeResult(path=str(out), record=record, reused=True, registered=name, peak_rss_bytes=peak_rss())
+
+
+def _reuse_stored(
+    ctx: Context,
+    record: MergeRecord,
+    out: Path,
+    name: str | None,
+    replace: Replace,
+    protected: Sequence[Protected],
+    progress: Progress,
+    *,
+    into_store: bool,
+) -> MergeResult | None:
+    """The record's output as the stored base it was registered as, if that base is in the blob
+    store with the recorded content: nothing written for ``into_store`` under the same name,
+    else pulled to ``out`` (each file checked against its digest) and registered as ``name``."""
+    if not record.name or not ctx.catalog.bases.has(record.name):
+        return None
+    stored = ctx.catalog.bases.get(record.name, with_tensors=False)
+    if not stored.stored or stored.content_fingerprint != record.content_fingerprint:
+        return None
+    if into_store and name == record.name:
+        return MergeResult(path="", record=record, reused=True, registered=name, peak_rss_bytes=peak_rss())
+    bases.write_stored(ctx, stored, out, replace=replace, protected=protected, progress=progress)
+    if name is not None and name != record.name:
+        digests, _ = compat.hash_tensors(read_model_dir(out), ctx.catalog.hashes)
         register_merged(ctx, out, name, digests, record)
         record = ctx.catalog.merges.record(record.model_copy(update={"name": name}))
     return MergeResult(path=str(out), record=record, reused=True, registered=name, peak_rss_bytes=peak_rss())

@@ -12,7 +12,8 @@ A pipeline file follows mergekit's habits (``base_model``, ``merge_method``, ``m
       - model: acme/chat
         weight: 0.3
     dtype: bfloat16                     # default auto (the base's)
-    output: ./merged                    # relative paths are relative to the file
+    output: ./merged                    # relative paths are relative to the file; left out,
+                                        # a job through a server stores the model as base `name`
     name: acme/llama-sql-chat           # register the merged model as a base (optional)
     exports:
       - format: onnx                    # output default: <output>-<format>
@@ -100,7 +101,11 @@ class PipelineSpec(_Spec):
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: str = "auto"
     shard_size: str | int = "5GB"
-    output: str
+    output: str = Field(
+        default="",
+        description="the merged model's folder; left out, a job submitted through a server stores it as the "
+        "base `name` (pull it with `lorahub base pull NAME -o DIR`); a local run needs it",
+    )
     name: str | None = None
     exports: list[ExportSpec] = Field(default_factory=list)
     push: PushSpec | None = Field(default=None, description="then export the merged model to the Hub (needs name)")
@@ -168,7 +173,7 @@ def _relative_to(spec: PipelineSpec, folder: Path) -> PipelineSpec:
         update={
             "base_model": resolve(spec.base_model),
             "models": models,
-            "output": resolve(spec.output),
+            "output": resolve(spec.output) if spec.output else "",
             "exports": exports,
         }
     )
@@ -183,12 +188,20 @@ def run(
     force: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    into_store: bool = False,
 ) -> PipelineResult:
     """Merge, then export the merged model in each format: each step served from its record when
     unchanged (``recompute`` does them again); ``force``/``overwrite`` apply to every output.
+    ``into_store``: the merged model is to be stored as the base ``name`` (``merging.merge``).
     Every export's format, options and output folder are checked before the merge starts."""
     from lora_hub.export.exporter import RECORD_FILE
 
+    if not spec.output:
+        raise InvalidArgumentError(
+            "the pipeline has no `output:` folder for the merged model",
+            hint="add `output: ./merged`, or submit it through a server (LORAHUB_URL, --submit) with a `name:` "
+            "to store the merged model there as a base",
+        )
     outputs = check(ctx, spec)
     # every output checked now, rather than after a merge of minutes (a recorded export's folder
     # may be served as it is: its export checks it again)
@@ -212,6 +225,7 @@ def run(
         force=force,
         overwrite=overwrite,
         progress=progress,
+        into_store=into_store,
     )
     source = merged.registered or merged.path
     exports = [

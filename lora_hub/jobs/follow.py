@@ -75,9 +75,12 @@ def result_of(job: JobInfo) -> JobResult:
     if job.kind == "hub":
         from lora_hub.hubsync.types import HubExportResult, HubImportResult, HubSyncResult
 
-        op = (job.request.get("hub") or {}).get("op")
-        cls = {"import": HubImportResult, "export": HubExportResult}.get(op, HubSyncResult)
-        return cls.model_validate(job.result)
+        op = str((job.request.get("hub") or {}).get("op"))
+        if op == "import":
+            return HubImportResult.model_validate(job.result)
+        if op == "export":
+            return HubExportResult.model_validate(job.result)
+        return HubSyncResult.model_validate(job.result)
     return PipelineResult.model_validate(job.result)
 
 

@@ -703,14 +703,20 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
             return the_hub.jobs(state=state, limit=limit)
         if caller.token is None or caller.token.scope == "read":
             caller.need_admin()
-        mine = []
-        for job in the_hub.jobs(state=state, limit=limit):
-            try:
-                _may_run(caller, job.request)
-            except LoraHubError:
-                continue
-            mine.append(job)
-        return mine
+        # the newest `limit` of the caller's own: read more jobs until that many are found
+        window = limit
+        while True:
+            batch = the_hub.jobs(state=state, limit=window)
+            mine = []
+            for job in batch:
+                try:
+                    _may_run(caller, job.request)
+                except LoraHubError:
+                    continue
+                mine.append(job)
+            if len(mine) >= limit or len(batch) < window or window >= MAX_JOBS_SCANNED:
+                return mine[:limit]
+            window = min(window * 4, MAX_JOBS_SCANNED)
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     def show_job(caller: Caller, job_id: str) -> JobInfo:
@@ -723,6 +729,9 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
         return the_hub.cancel_job(job_id)
 
     return app
+
+
+MAX_JOBS_SCANNED = 10_000  # a write token's job list looks at most this many of the newest jobs
 
 
 class _BlobResponse(FileResponse):

@@ -122,6 +122,38 @@ def test_a_stored_merge_job_on_the_local_store(tmp_path: Path, catalog_url: str,
         assert _base_tensors(tmp_path / "by-cli").keys() == base.keys()
 
 
+def test_a_recorded_stored_merge_is_served_from_the_store(
+    tmp_path: Path, catalog_url: str, lorahub_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same recipe again, as a stored merge under the same name, merges and stores nothing;
+    as a merge into a folder (or under another name) it is written out from the stored base."""
+    from lora_hub.merge import execute as merge_execute
+
+    settings = Settings.from_env(home=tmp_path / "home", database_url=catalog_url)
+    with ServingHub(settings=settings) as hub:
+        base, lora, request = _inputs(hub, tmp_path)
+        first = _run(hub, request)
+        assert not hub.job_result(first).merge.reused
+        stored_before = hub.base_show(NAME)
+
+        def no_merge(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the recorded recipe was merged again")
+
+        monkeypatch.setattr(merge_execute, "execute", no_merge)
+        again = hub.job_result(_run(hub, request))
+        assert again.merge.reused and again.merge.path == "" and again.merge.registered == NAME
+        assert hub.base_show(NAME) == stored_before
+
+        out = tmp_path / "copy"
+        local = hub.merge("tiny", ["acme/lora"], out, name="acme/copy")
+        assert local.reused and local.path == str(out) and local.registered == "acme/copy"
+        got, want = _base_tensors(out), expected_merge(base, lora)
+        assert set(got) == set(want)
+        for key, w in want.items():
+            assert torch.allclose(got[key].double(), w, atol=1e-5, rtol=1e-5), key
+        assert hub.base_show("acme/copy").content_fingerprint == stored_before.content_fingerprint
+
+
 def test_a_stored_merge_request_is_checked_at_submission(tmp_path: Path, catalog_url: str) -> None:
     settings = Settings.from_env(home=tmp_path / "home", database_url=catalog_url)
     with ServingHub(settings=settings) as hub:

@@ -77,7 +77,17 @@ def test_sync_and_who_may_run_hub_jobs(
 
     code, out, err = cli(served, "write", "hub", "sync", "acme", "alice", "--pull", monkeypatch=monkeypatch)
     assert code == 0, err
-    assert out.splitlines()[-1] == "1 of 1 changed" and [v.ref for v in served.hub.list_versions(namespace="acme")] == ["acme/sql-lora:1"]
+    assert out.splitlines()[-1] == "1 of 1 changed"
+    assert [v.ref for v in served.hub.list_versions(namespace="acme")] == ["acme/sql-lora:1"]
+
+    # newer jobs of another namespace do not hide a write token's own from its list
+    for i in range(3):
+        code, _, err = cli(served, "other", "hub", "import", REPO, "--name", f"other/sql-{i}", "--detach",
+                           monkeypatch=monkeypatch)  # fmt: skip
+        assert code == 0, err
+    code, out, _ = cli(served, "write", "jobs", "list", "--limit", "1", "--json", monkeypatch=monkeypatch)
+    (own,) = json.loads(out)
+    assert own["request"]["hub"]["op"] == "sync" and own["request"]["hub"]["namespace"] == "acme"
 
 
 def test_a_failing_hub_job_prints_the_local_error(

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from lora_hub.cli.main import app
 from lora_hub.core.pipeline import ModelSpec, PipelineSpec
 from lora_hub.remote.client import RemoteHub
 from lora_hub.settings import Settings
@@ -151,3 +153,26 @@ def test_a_pipeline_without_output_through_the_python_api(
         assert done.merge.registered == "acme/half" and done.merge.path == ""
         pulled = remote.base_pull("acme/half", tmp_path / "half")
     _assert_merged(Path(pulled.path), base, lora, 0.5)
+
+
+def test_a_pipeline_file_without_output_is_stored_on_the_server(
+    served: Served, workers: None, inputs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, lora = inputs
+    file = tmp_path / "laptop" / "merge.yaml"
+    file.parent.mkdir()
+    file.write_text("base_model: tiny\nmodels:\n  - {model: acme/lora, weight: 0.25}\nname: acme/quarter\n")
+    code, stdout, stderr = cli(served, "write", "run", str(file), monkeypatch=monkeypatch)
+    assert code == 0, stderr
+    assert "registered as base acme/quarter" in stdout and not (file.parent / "merged").exists()
+    code, _, stderr = cli(served, "write", "base", "pull", "acme/quarter", "-o", str(tmp_path / "q"),
+                          monkeypatch=monkeypatch)  # fmt: skip
+    assert code == 0, stderr
+    _assert_merged(tmp_path / "q", base, lora, 0.25)
+
+    # run here (no server), the same file has nowhere to write
+    for key in ("LORAHUB_URL", "LORAHUB_TOKEN"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LORAHUB_HOME", str(tmp_path / "laptop-home"))
+    local = CliRunner().invoke(app, ["run", str(file)])
+    assert local.exit_code == 2 and local.stderr.startswith("error: the pipeline has no `output:` folder")
