@@ -126,7 +126,8 @@ def test_merge_pipeline_exports_beside_the_merge(
         ("base_model: tiny-llama\nmodels: [\n", "not valid YAML: line 3"),
         ("- a\n- b\n", "a pipeline is a mapping"),
         ("base_model: tiny-llama\nmodels: []\noutput: ./m\n", "models: List should have at least 1 item"),
-        ("base_model: tiny-llama\nmodels: [{model: a}]\n", "output: Field required"),
+        ("models: [{model: a}]\noutput: ./m\n", "base_model: Field required"),
+        ("base_model: tiny-llama\nmodels: [{model: a}]\noutput: [m]\n", "output: Input should be a valid string"),
         ("base_model: tiny-llama\nmodels: [{model: a}]\noutput: m\nmerge_metod: ties\n", "merge_metod: Extra inputs"),
         (
             "base_model: tiny-llama\nmodels: [{model: a, weight: 1, parameters: {weight: 2}}]\noutput: m\n",
