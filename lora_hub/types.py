@@ -455,6 +455,11 @@ class JobInfo(_Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     joined: bool = Field(default=False, description="true when the submission joined an identical active job")
+    recorded: bool = Field(
+        default=False,
+        description="true when the request was answered from the catalog's record of its recipe, with no job: "
+        "`id` is empty and `result` is the record",
+    )
 
     @property
     def done(self) -> bool:

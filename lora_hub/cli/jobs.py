@@ -34,11 +34,14 @@ def submitted(job: JobInfo, *, detach: bool, json: bool) -> JobResult | None:
         return None
     if not json:
         say(_submitted_line(job))
-    done = hub().follow_job(job.id, RichProgress(not json))
+    done = job if job.recorded else hub().follow_job(job.id, RichProgress(not json))
     return hub().job_result(done)
 
 
 def _submitted_line(job: JobInfo) -> str:
+    if job.recorded:
+        stored = (job.result or {}).get("stored_base")
+        return f"served from the record of this recipe, with no job: stored base {stored}"
     how = "joined the identical job" if job.joined else "submitted job"
     return f"{how} {job.id} ({job.kind}, {job.queue} queue, {job.state})"
 

@@ -10,7 +10,9 @@ result, as JSON) or the error the local command would have raised. States: ``que
 
 - **One job per request.** The request's sha256 (``dedup_key``) has a unique index among active
   jobs (and is procrastinate's queueing lock): submitting the same request while one is queued
-  or running joins it. A request whose merge and exports are recorded is served from the
+  or running joins it. A merge into the blob store whose recipe is recorded, its output
+  stored under the same name, is answered at submission from the record, with no job
+  (``recorded``); any other request whose merge and exports are recorded is served from the
   records by its worker in seconds.
 - **Checked first.** A pipeline's formats, options and output folders are checked at
   submission, as ``lorahub run`` checks them, so a wrong request fails at once.
@@ -47,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lora_hub._context import Context
 from lora_hub._fs import pid_alive
-from lora_hub.core import bases, exporting, pipeline
+from lora_hub.core import bases, exporting, merging, pipeline
 from lora_hub.core.pipeline import PipelineSpec
 from lora_hub.errors import (
     InvalidArgumentError,
@@ -68,7 +71,7 @@ from lora_hub.progress import Advance, Progress
 from lora_hub.settings import Settings
 from lora_hub.store import BlobStore
 from lora_hub.store.cache import cached
-from lora_hub.types import JobInfo
+from lora_hub.types import JobInfo, JobLogLine
 
 log = logging.getLogger("lora_hub.jobs")
 REPORT_EVERY_S = 0.5  # progress written (and cancel polled) at most this often
@@ -211,6 +214,12 @@ def submit(ctx: Context, request: JobRequest, *, run_here: Callable[[str], None]
         _check_hub(request.hub)
     key = request.key
     doc = request.model_dump(mode="json")
+    recorded = _recorded(ctx, request)
+    if recorded is not None:
+        now = datetime.now(UTC)
+        return JobInfo(id="", kind=request.kind, queue=request.queue, state="succeeded", request=doc, dedup_key=key,
+                       result=recorded, created_at=now, finished_at=now, recorded=True,
+                       log=[JobLogLine(at=now, message="served from the record of its recipe: no job")])  # fmt: skip
     if ctx.catalog.db.is_sqlite:
         job = ctx.catalog.jobs.create(kind=request.kind, queue=request.queue, request=doc, dedup_key=key)
         if not job.joined and run_here is not None:
@@ -223,6 +232,22 @@ def submit(ctx: Context, request: JobRequest, *, run_here: Callable[[str], None]
         return queue.defer(ctx.settings.database_url, connection, job_id, queue=request.queue, lock=key)
 
     return ctx.catalog.jobs.create(kind=request.kind, queue=request.queue, request=doc, dedup_key=key, defer=defer)
+
+
+def _recorded(ctx: Context, request: JobRequest) -> dict[str, Any] | None:
+    """The result of a ``store_output`` merge whose recipe is recorded with its output stored
+    under the same name (``merging.stored_record``): what its worker would return, at once."""
+    spec = request.pipeline
+    if not request.store_output or request.recompute or spec is None or not spec.name:
+        return None
+    merged = merging.stored_record(ctx, spec.base_model, [m.spec for m in spec.models], name=spec.name,
+                                   method=spec.merge_method, params=spec.parameters, dtype=spec.dtype,
+                                   shard_size=spec.shard_size)  # fmt: skip
+    if merged is None:
+        return None
+    doc = pipeline.PipelineResult(merge=merged).model_dump(mode="json")
+    doc["stored_base"] = merged.registered
+    return doc
 
 
 def _stored_request(request: JobRequest) -> JobRequest:

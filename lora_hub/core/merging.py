@@ -368,6 +368,49 @@ def _reuse_stored(
     return MergeResult(path=str(out), record=record, reused=True, registered=name, peak_rss_bytes=peak_rss())
 
 
+def stored_record(
+    ctx: Context,
+    base: str,
+    adapters: Sequence[str],
+    *,
+    name: str,
+    method: str = "linear",
+    params: Mapping[str, Any] | None = None,
+    dtype: str = "auto",
+    shard_size: str | int = "5GB",
+) -> MergeResult | None:
+    """What ``merge(..., name=name, into_store=True)`` returns without merging, known from the
+    catalog alone (no tensor read, no blob fetched): the record of this recipe when its output
+    is the stored base ``name`` with the recorded content. None when that is not known for
+    certain from the catalog: an input that is a folder, a base or adapter not registered, a
+    recipe not recorded, or recorded under another output; the merge then decides as always."""
+    from lora_hub.core.common import is_base_name
+    from lora_hub.merge.plan import make_recipe, parse_size
+
+    if not (is_base_name(base) and ctx.catalog.bases.has(base)) or not ctx.catalog.bases.has(name):
+        return None
+    inputs = []
+    for spec in adapters:
+        target, weight = split_weight(spec)
+        if Path(target).exists():
+            return None
+        try:
+            version = ctx.catalog.adapters.get(Ref.parse(target))
+        except LoraHubError:
+            return None
+        inputs.append((version.ref, version.digest, weight))
+    fingerprint = ctx.catalog.bases.get(base, with_tensors=False).content_fingerprint
+    recipe = make_recipe(fingerprint, inputs, method=method, params=dict(params or {}), dtype=dtype,
+                         shard_size=parse_size(shard_size))  # fmt: skip
+    record = ctx.catalog.merges.find(recipe.digest)
+    if record is None or record.name != str(AdapterName.parse(name)):
+        return None
+    stored = ctx.catalog.bases.get(record.name, with_tensors=False)
+    if not stored.stored or stored.content_fingerprint != record.content_fingerprint:
+        return None
+    return MergeResult(path="", record=record, reused=True, registered=record.name)
+
+
 def register_merged(ctx: Context, out: Path, name: str, digests: Mapping[str, str], record: MergeRecord) -> None:
     model = read_model_dir(out)
     info = compat.describe_model(model, digests, name=name).model_copy(

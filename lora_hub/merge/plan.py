@@ -176,6 +176,37 @@ Ops = dict[str, list[FactorOp | DoraOp | BiasOp | ReplaceOp]]
 NewTensors = dict[str, tuple[int, str, str, list[int]]]  # name -> (adapter, file key, dtype, shape)
 
 
+def make_recipe(
+    base_fingerprint: str,
+    adapters: Sequence[tuple[str, str, float]],
+    *,
+    method: str = "linear",
+    params: dict[str, Any] | None = None,
+    dtype: str = "auto",
+    shard_size: int = 5 * 10**9,
+) -> Recipe:
+    """The recipe of a merge of ``adapters`` (label, manifest digest, weight) into the base with
+    ``base_fingerprint``, its method's parameters checked: what names the merge's output
+    (``Recipe.digest``), known before any tensor is read."""
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}", hint=f"choose one of {', '.join(DTYPES)}")
+    if not adapters:
+        raise InvalidArgumentError("name at least one adapter to merge")
+    spec = get_method(method)
+    if "merge" not in spec.outputs:
+        raise InvalidArgumentError(
+            f"method {method} produces an adapter, not a merged model", hint=f"use `lorahub combine --method {method}`"
+        )
+    return Recipe(
+        base_fingerprint=base_fingerprint,
+        adapters=[RecipeAdapter(ref=label, digest=digest, weight=weight) for label, digest, weight in adapters],
+        method=method,
+        params=spec.check_params(params or {}),
+        dtype=dtype,
+        shard_size=shard_size,
+    )
+
+
 def plan_merge(
     model: ModelDir,
     base_fingerprint: str,
@@ -187,16 +218,10 @@ def plan_merge(
     shard_size: int = 5 * 10**9,
 ) -> MergePlan:
     """Decide every output tensor's source, dtype and operations. Reads headers only."""
-    if dtype not in DTYPES:
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}", hint=f"choose one of {', '.join(DTYPES)}")
-    if not adapters:
-        raise InvalidArgumentError("name at least one adapter to merge")
+    recipe = make_recipe(base_fingerprint, [(a.label, a.digest, a.weight) for a in adapters], method=method,
+                         params=params, dtype=dtype, shard_size=shard_size)  # fmt: skip
     spec = get_method(method)
-    if "merge" not in spec.outputs:
-        raise InvalidArgumentError(
-            f"method {method} produces an adapter, not a merged model", hint=f"use `lorahub combine --method {method}`"
-        )
-    params = spec.check_params(params or {})
+    params = recipe.params
     coefficients = (
         spec.coefficients([a.weight for a in adapters], params) if spec.coefficients else [a.weight for a in adapters]
     )
@@ -211,14 +236,6 @@ def plan_merge(
     tensors = _tensor_plans(model, ops, new_tensors, DTYPES[dtype])
     entries = [Entry(t.name, t.dtype_out, tuple(t.shape)) for t in tensors]
     groups = split_into_shards(entries, shard_size)
-    recipe = Recipe(
-        base_fingerprint=base_fingerprint,
-        adapters=[RecipeAdapter(ref=a.label, digest=a.digest, weight=a.weight) for a in adapters],
-        method=method,
-        params=params,
-        dtype=dtype,
-        shard_size=shard_size,
-    )
     return MergePlan(
         recipe=recipe,
         recipe_digest=recipe.digest,

@@ -483,7 +483,8 @@ class RemoteHub:
     ) -> PipelineResult:
         """Run the pipeline as a job on the server (its paths are the server's), following it."""
         job = self.submit_pipeline(pipeline, device=device, recompute=recompute, force=force, overwrite=overwrite)
-        return cast("PipelineResult", self.job_result(self.follow_job(job.id, progress)))
+        done = job if job.recorded else self.follow_job(job.id, progress)  # recorded: answered with no job
+        return cast("PipelineResult", self.job_result(done))
 
     def merge_pipeline(
         self,

@@ -125,8 +125,10 @@ def test_a_stored_merge_job_on_the_local_store(tmp_path: Path, catalog_url: str,
 def test_a_recorded_stored_merge_is_served_from_the_store(
     tmp_path: Path, catalog_url: str, lorahub_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same recipe again, as a stored merge under the same name, merges and stores nothing;
-    as a merge into a folder (or under another name) it is written out from the stored base."""
+    """The same recipe again, as a stored merge under the same name, is answered at submission
+    from its record, with no job; with recompute, a job serves it from the stored base (nothing
+    merged or stored again); as a merge into a folder (or under another name) it is written out
+    from the stored base. Another recipe (another weight) is a job of its own."""
     from lora_hub.merge import execute as merge_execute
 
     settings = Settings.from_env(home=tmp_path / "home", database_url=catalog_url)
@@ -140,9 +142,22 @@ def test_a_recorded_stored_merge_is_served_from_the_store(
             raise AssertionError("the recorded recipe was merged again")
 
         monkeypatch.setattr(merge_execute, "execute", no_merge)
-        again = hub.job_result(_run(hub, request))
+        recorded = hub.submit_request(request)
+        assert recorded.recorded and recorded.id == "" and recorded.state == "succeeded"
+        assert [j.id for j in hub.jobs()] == [first.id]  # no job row, nothing queued
+        again = hub.job_result(recorded)
         assert again.merge.reused and again.merge.path == "" and again.merge.registered == NAME
+        assert again.merge.record.recipe_digest == first.result["merge"]["record"]["recipe_digest"]
         assert hub.base_show(NAME) == stored_before
+
+        monkeypatch.undo()
+        recomputed = _run(hub, {**request, "recompute": True})  # a job, though its recipe is recorded
+        assert not recomputed.recorded and recomputed.id != first.id
+        assert not hub.job_result(recomputed).merge.reused
+        other = {**request, "pipeline": {**request["pipeline"], "models": [{"model": "acme/lora", "weight": 0.5}],
+                                          "name": "acme/half"}}  # fmt: skip
+        half = _run(hub, other)
+        assert not half.recorded and not hub.job_result(half).merge.reused
 
         out = tmp_path / "copy"
         local = hub.merge("tiny", ["acme/lora"], out, name="acme/copy")

@@ -116,7 +116,8 @@ def _routes(served: Served, src: Path, digests: dict[str, str], files: dict[str,
     """route name -> (what it needs: read | write | admin | any, the request for a namespace)."""
     base_files = {ns: [f.model_dump() for f in served.hub.base_show(f"{ns}/b").files] for ns in ("acme", "zeta")}
     job_requests = {ns: _stored_merge(ns) for ns in ("acme", "zeta")}
-    job_ids = {ns: served.hub.submit_request(job_requests[ns]).id for ns in ("acme", "zeta")}
+    # recompute: a job each time, though an earlier one's recipe is recorded by now
+    job_ids = {ns: served.hub.submit_request({**job_requests[ns], "recompute": True}).id for ns in ("acme", "zeta")}
 
     def base_rm(c: httpx.Client, ns: str) -> httpx.Response:
         served.hub.commit_base_manifest(f"{ns}/victim-base", [FileEntry.model_validate(f) for f in base_files[ns]])

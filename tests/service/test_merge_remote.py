@@ -108,11 +108,21 @@ def test_a_laptop_merges_on_the_server_and_pulls_the_result(
     assert code == 0 and json.loads(stdout) == []
     assert cli(served, "write", "jobs", "show", job["id"], monkeypatch=monkeypatch)[0] == 0
 
-    # the same recipe again: the same stored base (merged again: the record's folder is gone)
+    # the same recipe again: answered from its record, with no job
     code, stdout, stderr = cli(served, "write", "merge", "--base", "tiny", "acme/lora", "--name", "acme/merged",
                                "--submit", monkeypatch=monkeypatch)  # fmt: skip
     assert code == 0, stderr
-    assert served.hub.base_show("acme/merged").content_fingerprint == info.content_fingerprint
+    lines = stdout.splitlines()
+    assert lines[0] == "served from the record of this recipe, with no job: stored base acme/merged"
+    assert "registered as base acme/merged" in stdout
+    assert served.hub.base_show("acme/merged") == info
+    assert [j.id for j in served.hub.jobs()] == [job["id"]]
+    code, stdout, stderr = cli(served, "write", "merge", "--base", "tiny", "acme/lora", "--name", "acme/merged",
+                               "--detach", "--json", monkeypatch=monkeypatch)  # fmt: skip
+    assert code == 0, stderr
+    recorded = json.loads(stdout)
+    assert recorded["recorded"] is True and recorded["id"] == "" and recorded["state"] == "succeeded"
+    assert recorded["result"]["stored_base"] == "acme/merged"
 
 
 def test_what_a_write_token_may_not_submit(
