@@ -3,7 +3,8 @@ the queue's overhead per job, on the local PostgreSQL.
 
 - **merge via worker**: a `lorahub worker` process is started once (torch imported, warm); each
   run submits the merge (`--recompute --force`, so that the recorded recipe is not served) and
-  waits for it, timed from the submission to the job's end as the submitter sees it. The base
+  waits for it, timed from the submission to the job's end as the submitter sees it (woken by
+  the catalog's NOTIFY when the job ends), into a fresh output folder as cp's is. The base
   is the merge benchmark's Llama (``bench_merge.make_inputs``; ``--layers 22`` is the 1.1B model,
   2.2 GB in bfloat16), registered once.
 - **cp**: `cp -r` of the base's folder (its shards), interleaved with the merges, after `sync`.
@@ -83,6 +84,7 @@ def main() -> None:
             cp_s: list[float] = []
             out = work / "merged"
             for i in range(args.runs + 1):  # the first merge warms the worker (imports, page cache): not counted
+                shutil.rmtree(out, ignore_errors=True)  # a fresh destination, as cp's is
                 warm_page_cache([model, adapter])
                 subprocess.run(["sync"], check=True)
                 spec = hub.merge_pipeline("bench/base", [str(adapter)], out, formats=[])

@@ -4,12 +4,15 @@ defers the queue's job in the same transaction as the row (PostgreSQL)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from lora_hub.catalog.convert import aware
 from lora_hub.catalog.db import Database
@@ -18,6 +21,7 @@ from lora_hub.errors import InvalidArgumentError, JobNotFoundError
 from lora_hub.types import JOB_DONE, JobInfo, JobLogLine
 
 ACTIVE = ("queued", "running")
+DONE_CHANNEL = "lorahub_job_done"  # NOTIFY'd with the job's id when a job ends (PostgreSQL)
 MAX_LOG = 200  # lines kept per job
 
 
@@ -119,7 +123,7 @@ class Jobs:
             if row is None or row.state in JOB_DONE:
                 return None
             if row.cancel_requested:
-                self._finish(row, "cancelled", message="cancelled before it started")
+                self._finish(s, row, "cancelled", message="cancelled before it started")
                 return None
             again = row.state == "running"
             row.state, row.worker, row.attempts = "running", worker, row.attempts + 1
@@ -151,7 +155,7 @@ class Jobs:
             row = s.get(JobRow, job_id)
             if row is None:
                 raise JobNotFoundError(job_id)
-            self._finish(row, state, result=result, error=error, message=message)
+            self._finish(s, row, state, result=result, error=error, message=message)
             return _info(row)
 
     def request_cancel(self, job_id: str, *, cancel_queued: Callable[[Any, int], bool] | None = None) -> JobInfo:
@@ -170,7 +174,7 @@ class Jobs:
                 or row.queue_job_id is None
                 or cancel_queued(s.connection().connection.driver_connection, row.queue_job_id)
             ):
-                self._finish(row, "cancelled", message="cancelled while queued")
+                self._finish(s, row, "cancelled", message="cancelled while queued")
             else:
                 self._log(row, "cancel requested")
             return _info(row)
@@ -181,6 +185,7 @@ class Jobs:
 
     def _finish(
         self,
+        s: Session,
         row: JobRow,
         state: str,
         *,
@@ -190,3 +195,30 @@ class Jobs:
     ) -> None:
         row.state, row.result, row.error, row.finished_at = state, result, error, utcnow()
         self._log(row, message)
+        if not self.db.is_sqlite:  # delivered at commit, to the followers of ``done_waiter``
+            s.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": DONE_CHANNEL, "id": row.id})
+
+    @contextmanager
+    def done_waiter(self) -> Iterator[Callable[[float], None]]:
+        """A ``wait(seconds)`` for a follower: it returns after ``seconds``, or as soon as any job
+        ends (on PostgreSQL, a ``NOTIFY`` at the end's commit, on a connection of its own), so that
+        a follower sees its job's end within milliseconds rather than at its next poll."""
+        if self.db.is_sqlite:
+            yield time.sleep
+            return
+        import psycopg
+
+        dsn = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            conn = psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error:  # the follower polls as it would without notifications
+            yield time.sleep
+            return
+        with conn:
+            conn.execute(f"LISTEN {DONE_CHANNEL}")
+
+            def wait(seconds: float) -> None:
+                for _ in conn.notifies(timeout=seconds, stop_after=1):
+                    pass
+
+            yield wait

@@ -565,4 +565,5 @@ def follow(
     """Wait for the job to finish, showing its progress (``lora_hub.jobs.follow``)."""
     from lora_hub.jobs.follow import follow as follow_job
 
-    return follow_job(ctx.catalog.jobs.get, job_id, progress, timeout_s=timeout_s)
+    with ctx.catalog.jobs.done_waiter() as wait:
+        return follow_job(ctx.catalog.jobs.get, job_id, progress, timeout_s=timeout_s, wait=wait)

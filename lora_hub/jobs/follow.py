@@ -34,9 +34,11 @@ def follow(
     *,
     poll_s: float = POLL_S,
     timeout_s: float | None = None,
+    wait: Callable[[float], None] = time.sleep,
 ) -> JobInfo:
     """Poll the job until it is done (or ``timeout_s`` passed), showing its running step's
-    progress as a task of ``progress``; returns the job as last read."""
+    progress as a task of ``progress``; returns the job as last read. Between polls it calls
+    ``wait(poll_s)``, which may return early (when a job ends: ``Jobs.done_waiter``)."""
     progress = progress or NoProgress()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with contextlib.ExitStack() as stack:
@@ -56,7 +58,7 @@ def follow(
                 seen = done
             if job.done or (deadline is not None and time.monotonic() > deadline):
                 return job
-            time.sleep(poll_s)
+            wait(poll_s)
 
 
 def result_of(job: JobInfo) -> JobResult:
