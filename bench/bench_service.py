@@ -85,6 +85,17 @@ def _status(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def _warm(folder: Path) -> None:
+    """Read every blob of a store once (untimed) before a pull, so that the local and the remote
+    pull both read the stored blob from the page cache: a push writes its blob past the page cache
+    (O_DIRECT), and whether the server's commit scan left it cached should not decide the ratio."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with path.open("rb", buffering=0) as f:
+                while f.read(16 << 20):
+                    pass
+
+
 def one_run(workdir: Path, adapter: Path) -> dict[str, float]:
     shutil.rmtree(workdir / "run", ignore_errors=True)
     run = workdir / "run"
@@ -94,6 +105,7 @@ def one_run(workdir: Path, adapter: Path) -> dict[str, float]:
     subprocess.run(["sync"], check=True)
     out["local_push"] = _lorahub(["push", str(adapter), "--name", "bench/big"], local)
     subprocess.run(["sync"], check=True)
+    _warm(run / "local" / "blobs")
     out["local_pull"] = _lorahub(["pull", "bench/big:1", "-o", str(run / "local-out")], local)
 
     server_env = {**base, "LORAHUB_HOME": str(run / "server")}
@@ -130,6 +142,7 @@ def one_run(workdir: Path, adapter: Path) -> dict[str, float]:
         subprocess.run(["sync"], check=True)
         out["remote_push"] = _lorahub(["push", str(adapter), "--name", "bench/big"], remote)
         subprocess.run(["sync"], check=True)
+        _warm(run / "server" / "blobs")
         out["remote_pull"] = _lorahub(["pull", "bench/big:1", "-o", str(run / "remote-out")], remote)
         done.set()
         sampler.join()

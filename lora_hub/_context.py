@@ -33,7 +33,7 @@ class Context:
     @property
     def store(self) -> BlobStore:
         if self._store is None:
-            self._store = open_store(self.settings.store_url)
+            self._store = open_store(self.settings.store_url, direct_io=self.settings.direct_io)
         return self._store
 
     def close(self) -> None:

@@ -1107,11 +1107,12 @@ class ServingHub(Hub):
         """Remove staged uploads left by a server that was killed; how many."""
         return transfer.clean_uploads(self._ctx)
 
-    def store_blob(self, src: str | os.PathLike[str], digest: str) -> int:
+    def store_blob(self, src: str | os.PathLike[str], digest: str, nonfinite: list[str] | None = None) -> int:
         """Store the file ``src`` as blob ``digest``; the bytes written. A staged upload of this
-        process (``upload_file``), hashed by the server as it arrived, is adopted by hard link;
-        any other file is copied and hashed again (``lora_hub.core.transfer``)."""
-        return transfer.store_blob(self._ctx, Path(src), digest)
+        process (``upload_file``), hashed by the server as it arrived (and scanned for NaN/Inf:
+        ``nonfinite``, from ``ScanningHash``), is adopted by hard link; any other file is copied
+        and hashed again (``lora_hub.core.transfer``)."""
+        return transfer.store_blob(self._ctx, Path(src), digest, nonfinite)
 
     def commit_manifest(
         self,

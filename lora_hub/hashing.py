@@ -10,7 +10,7 @@ import hashlib
 import os
 import queue
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from lora_hub.errors import InvalidArgumentError
 from lora_hub.progress import Advance
@@ -50,8 +50,14 @@ def hash_bytes(data: bytes) -> str:
     return format_digest(hashlib.sha256(data).hexdigest())
 
 
+class Sink(Protocol):
+    """Where copied bytes go: an open binary file, or ``lora_hub._direct.DirectFile``."""
+
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
 def copy_and_hash(
-    src: BinaryIO, dst: BinaryIO, advance: Advance | None = None, *, chunk: int = CHUNK, buffers: int = 4
+    src: BinaryIO, dst: Sink, advance: Advance | None = None, *, chunk: int = CHUNK, buffers: int = 4
 ) -> tuple[str, int]:
     """Copy ``src`` to ``dst`` until EOF, hashing on a second thread. Returns (digest, bytes)."""
     h = hashlib.sha256()

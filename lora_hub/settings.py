@@ -18,8 +18,10 @@
 | ``LORAHUB_DEBUG``       | unset                                | ``1``: the CLI shows tracebacks  |
 | ``LORAHUB_PROGRESS``    | unset                                | ``1``: progress as plain lines   |
 |                         |                                      | when stderr is not a terminal    |
-| ``LORAHUB_DIRECT_IO``   | ``1``                                | ``0``: merges write through the  |
-|                         |                                      | page cache (see ``merge.writer``)|
+| ``LORAHUB_DIRECT_IO``   | ``1``                                | ``0``: merges, pulls, stored     |
+|                         |                                      | blobs and received uploads write |
+|                         |                                      | through the page cache (see      |
+|                         |                                      | ``merge.writer``, ``_direct``)   |
 | ``LORAHUB_TORCH_THREADS``| cores - 1 (at least 1)              | torch threads of a CPU merge     |
 | ``LORAHUB_WORKER_HEARTBEAT_S``| ``10``                         | ``lorahub worker``: heartbeat;   |
 |                         |                                      | silent 3 beats = dead, its jobs  |

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_hub import _faults, compat
 from lora_hub._context import Context
+from lora_hub._direct import DirectFile
 from lora_hub._fs import Replace, prepare_output, staged_output
 from lora_hub.catalog.query import check_metric_name
 from lora_hub.core import bases, fits
@@ -56,6 +57,7 @@ def push(
     lineage: dict[str, Any] | None = None,
     progress: Progress | None = None,
     verified: Mapping[str, tuple[str, int]] | None = None,
+    scanned: Mapping[str, list[str]] | None = None,
 ) -> PushResult:
     """Validate the PEFT folder at ``path`` and store it as the next version of ``name``.
 
@@ -69,7 +71,9 @@ def push(
     over the bytes it wrote there. They are not hashed again, and they are handed to the store
     (``BlobStore.adopt_file``: linked into place, not copied), so they are gone from the folder
     afterwards. Every file is still validated in full (config, safetensors headers, NaN/Inf scan).
-    A digest a client or a remote sent must never be passed here.
+    A digest a client or a remote sent must never be passed here. ``scanned``: of the verified
+    files, the NaN/Inf scans lora-hub made over the same bytes as it hashed them (the names of
+    the non-finite tensors), so that the weights are not read again for it.
     """
     progress = progress or NoProgress()
     adapter_name = AdapterName.parse(name)
@@ -85,11 +89,13 @@ def push(
         progress.task("checking", sum(p.stat().st_size for p in to_hash.values())) as advance,
         ThreadPoolExecutor(2) as pool,
     ):
-        scan = pool.submit(nonfinite_tensors, adapter.header)
+        weights = next((rel for rel, p in adapter.files.items() if p == adapter.header.path), None)
+        done = (scanned or {}).get(weights) if weights in known else None
+        scan = pool.submit(nonfinite_tensors, adapter.header) if done is None else None
         hashed = {rel: hash_file(p, advance) for rel, p in to_hash.items()}
         sums = {**hashed, **known}
         entries = [FileEntry(path=rel, digest=sums[rel][0], size=sums[rel][1]) for rel in adapter.files]
-        bad = scan.result()
+        bad = scan.result() if scan is not None else done
     check_finite_tensors(adapter.header, bad)
     base_info: BaseModelInfo | None = None
     if base is not None:
@@ -238,9 +244,8 @@ def pull(
             if not target.is_relative_to(tmp.resolve()):
                 raise InvalidArgumentError(f"refusing a file path outside the folder: {entry.path!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb", buffering=0) as fh:
+            with DirectFile(target, direct=ctx.settings.direct_io) as fh:  # past the page cache; fsynced
                 written += ctx.store.copy_out(entry.digest, fh, advance)
-                os.fsync(fh.fileno())
             _faults.checkpoint("pull.after_file")
     return PullResult(version=version, path=str(out), bytes_written=written)
 

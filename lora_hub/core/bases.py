@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from lora_hub import compat
 from lora_hub._context import Context
+from lora_hub._direct import DirectFile
 from lora_hub._fs import PartialRegistry, Protected, Replace, prepare_output, staged_output
 from lora_hub.core import adapters, fits
 from lora_hub.core.common import (
@@ -126,9 +127,10 @@ def write_stored(
 ) -> BasePullResult:
     """``write_pulled`` from this context's blob store."""
 
-    def copy(f: BaseFile, fh: BinaryIO, advance: Advance) -> int:
+    def copy(f: BaseFile, target: Path, advance: Advance) -> int:
         assert f.digest is not None
-        return ctx.store.copy_out(f.digest, fh, advance)  # raises on a digest mismatch
+        with DirectFile(target, direct=ctx.settings.direct_io) as fh:  # past the page cache; fsynced
+            return ctx.store.copy_out(f.digest, fh, advance)  # raises on a digest mismatch
 
     return write_pulled(info, dest, copy, replace=replace, protected=protected, registry=ctx.partials(),
                         progress=progress)  # fmt: skip
@@ -163,7 +165,7 @@ def stored_file(ctx: Context, name: str, path: str) -> BaseFile:
 def write_pulled(
     info: BaseModelInfo,
     dest: str | os.PathLike[str],
-    copy: Callable[[BaseFile, BinaryIO, Advance], int],
+    copy: Callable[[BaseFile, Path, Advance], int],
     *,
     replace: Replace,
     protected: Sequence[Protected],
@@ -171,8 +173,9 @@ def write_pulled(
     progress: Progress | None = None,
 ) -> BasePullResult:
     """Write the files of the pullable base ``info`` into ``dest`` under the output rule: each
-    file's bytes come from ``copy(file, fh, advance)``, which returns how many it wrote and
-    raises ``IntegrityError`` when they do not match the file's digest. The files are written
+    file is written by ``copy(file, target, advance)``, which creates ``target``, makes it
+    durable, returns how many bytes it wrote and raises ``IntegrityError`` when they do not match
+    the file's digest. The files are written
     into a hidden folder beside ``dest`` that is renamed into place once all of them are
     checked, so ``dest`` never holds a partial base. Where the bytes come from is the caller's:
     the blob store here (``pull``), the server for the remote client."""
@@ -193,9 +196,7 @@ def write_pulled(
             if not target.is_relative_to(root) or target == root:
                 raise InvalidArgumentError(f"refusing a file path outside the folder: {f.path!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb", buffering=0) as fh:
-                written += copy(f, fh, advance)
-                os.fsync(fh.fileno())
+            written += copy(f, target, advance)
     return BasePullResult(base=info, path=str(out), files=len(files), bytes_written=written)
 
 

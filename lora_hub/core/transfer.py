@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import secrets
 import shutil
@@ -55,6 +54,7 @@ from lora_hub.errors import (
     NotSupportedError,
     UploadOffsetError,
 )
+from lora_hub.formats.safetensors_file import ScanningHash
 from lora_hub.hashing import format_digest, parse_digest
 from lora_hub.progress import Progress
 from lora_hub.refs import Ref
@@ -94,7 +94,7 @@ class _Verified:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._staged: set[Path] = set()
-        self._blobs: OrderedDict[tuple[str, str], tuple[int, int, int, int]] = OrderedDict()
+        self._blobs: OrderedDict[tuple[str, str], tuple[tuple[int, int, int, int], list[str] | None]] = OrderedDict()
 
     def stage(self, path: Path) -> None:
         with self._lock:
@@ -108,10 +108,12 @@ class _Verified:
         with self._lock:
             return path in self._staged
 
-    def remember(self, root: Path, digest: str, blob: Path) -> None:
+    def remember(self, root: Path, digest: str, blob: Path, nonfinite: list[str] | None = None) -> None:
+        """``blob`` is the file this process stored as ``digest``; ``nonfinite``: the NaN/Inf scan
+        of its bytes made as they were hashed (``StreamingScan``), if one was."""
         ident = _identity(blob)
         with self._lock:
-            self._blobs[(str(root), digest)] = ident
+            self._blobs[(str(root), digest)] = (ident, nonfinite)
             self._blobs.move_to_end((str(root), digest))
             while len(self._blobs) > self.LIMIT:
                 self._blobs.popitem(last=False)
@@ -121,9 +123,15 @@ class _Verified:
         with self._lock:
             known = self._blobs.get((str(root), digest))
         try:
-            return known is not None and known == _identity(file)
+            return known is not None and known[0] == _identity(file)
         except OSError:
             return False
+
+    def scan_of(self, root: Path, digest: str, file: Path) -> list[str] | None:
+        """The NaN/Inf scan remembered with the blob, if ``file`` is that very blob file."""
+        with self._lock:
+            known = self._blobs.get((str(root), digest))
+        return known[1] if known is not None and self.holds(root, digest, file) else None
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -190,15 +198,16 @@ def clean_uploads(ctx: Context) -> int:
     return removed
 
 
-def store_blob(ctx: Context, src: Path, digest: str) -> int:
+def store_blob(ctx: Context, src: Path, digest: str, nonfinite: list[str] | None = None) -> int:
     """Store ``src`` as ``digest`` under a store lease (so ``gc`` cannot run meanwhile). Returns
     bytes written (0 when the blob was stored already).
 
     A staged upload of this process (``upload_file``, still open) is taken as hashed by its
     receiver, which must have computed ``digest`` over the bytes as it wrote them and compared it
     with the client's: the store adopts the file (``BlobStore.adopt_file``: linked into place, no
-    copy, no second read) and it is gone afterwards. Any other file is copied and re-hashed by
-    the store, which refuses it if it does not match."""
+    copy, no second read) and it is gone afterwards; ``nonfinite`` is the receiver's NaN/Inf scan
+    of the same bytes (``ScanningHash``), remembered for the commit. Any other file is copied and
+    re-hashed by the store, which refuses it if it does not match."""
     parse_digest(digest)
     src = Path(src)
     with ctx.catalog.leases.writing():
@@ -208,7 +217,7 @@ def store_blob(ctx: Context, src: Path, digest: str) -> int:
         root = ctx.store.local_root
         if written and root is not None:
             with ctx.store.open_local(digest) as blob:
-                _VERIFIED.remember(root, digest, blob)
+                _VERIFIED.remember(root, digest, blob, nonfinite=nonfinite)
         return written
 
 
@@ -235,11 +244,11 @@ def commit_manifest(
     if base is not None and not (is_base_name(base) and ctx.catalog.bases.has(base)):
         raise BaseNotFoundError(base)
     _check_stored(ctx, files)
-    with _linked_folder(ctx, files) as (folder, verified):
+    with _linked_folder(ctx, files) as (folder, verified, scanned):
         try:
             return adapters.push(
                 ctx, folder, name, metrics=metrics, tags=tags, description=description, base=base, lineage=lineage,
-                progress=progress, verified=verified,
+                progress=progress, verified=verified, scanned=scanned,
             )  # fmt: skip
         except LoraHubError as exc:
             # The staging folder means nothing to the client: name its own folder instead.
@@ -321,10 +330,14 @@ def _check_paths(files: Sequence[FileEntry]) -> None:
 
 
 @contextlib.contextmanager
-def _linked_folder(ctx: Context, files: Sequence[FileEntry]) -> Iterator[tuple[Path, dict[str, tuple[str, int]]]]:
+def _linked_folder(
+    ctx: Context, files: Sequence[FileEntry]
+) -> Iterator[tuple[Path, dict[str, tuple[str, int]], dict[str, list[str]]]]:
     """A private folder holding ``files`` as hard links to their blobs (copies where the store is
-    on another file system), removed on exit; and the files among them that are links to blobs
-    this process stored from uploads it hashed itself (``push``'s ``verified``: not hashed again)."""
+    on another file system), removed on exit; the files among them that are links to blobs
+    this process stored from uploads it hashed itself (``push``'s ``verified``: not hashed again),
+    and of those, the ones whose NaN/Inf scan was made as they were hashed (``push``'s
+    ``scanned``: not read again)."""
     root = ctx.settings.home / "uploads" / f"manifest-{os.getpid()}-{secrets.token_hex(8)}"
     root.parent.mkdir(parents=True, exist_ok=True)
     lock = os.open(root.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -332,6 +345,7 @@ def _linked_folder(ctx: Context, files: Sequence[FileEntry]) -> Iterator[tuple[P
     root.mkdir()
     store_root = ctx.store.local_root
     verified: dict[str, tuple[str, int]] = {}
+    scanned: dict[str, list[str]] = {}
     try:
         for entry in files:
             target = root / entry.path
@@ -344,7 +358,10 @@ def _linked_folder(ctx: Context, files: Sequence[FileEntry]) -> Iterator[tuple[P
             else:
                 if store_root is not None and _VERIFIED.holds(store_root, entry.digest, target):
                     verified[entry.path] = (entry.digest, entry.size)
-        yield root, verified
+                    scan = _VERIFIED.scan_of(store_root, entry.digest, target)
+                    if scan is not None:
+                        scanned[entry.path] = scan
+        yield root, verified, scanned
     finally:
         shutil.rmtree(root, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
@@ -450,7 +467,8 @@ def _locked(ctx: Context, upload_id: str, offset: int) -> Iterator[None]:
 
 
 class _Sink:
-    """What ``upload_append`` hands out: writes blocks to the staged upload and hashes them."""
+    """What ``upload_append`` hands out: writes blocks to the staged upload (whose writer
+    hashes them into ``state``)."""
 
     def __init__(self, writer: StageWriter, state: Any, offset: int, limit: int) -> None:
         self._writer = writer
@@ -465,7 +483,6 @@ class _Sink:
                 hint="LORAHUB_MAX_UPLOAD_BYTES sets the limit for blobs",
             )
         self._writer.write(data)
-        self.state.update(data)
         self.offset += len(data)
 
 
@@ -475,7 +492,7 @@ def _state_at(ctx: Context, upload_id: str, offset: int) -> Any:
     state = _HASHES.take(key, upload_id, offset)
     if state is not None:
         return state
-    state = hashlib.sha256()
+    state = ScanningHash()
     seen = 0
     for block in _staging(ctx).stage_read(upload_id):
         block = block[: offset - seen]
@@ -513,7 +530,7 @@ def upload_append(
         state = _state_at(ctx, upload_id, offset)
         sink: _Sink | None = None
         try:
-            with _staging(ctx).stage_append(upload_id, offset) as writer:
+            with _staging(ctx).stage_append(upload_id, offset, state) as writer:
                 sink = _Sink(writer, state, offset, limit)
                 yield sink
         finally:
@@ -533,7 +550,8 @@ def upload_finish(ctx: Context, namespace: str, upload_id: str, digest: str) -> 
     session = _session(ctx, namespace, upload_id)
     with _locked(ctx, upload_id, session.offset):
         offset = _session(ctx, namespace, upload_id).offset
-        got = format_digest(_state_at(ctx, upload_id, offset).hexdigest())
+        state = _state_at(ctx, upload_id, offset)
+        got = format_digest(state.hexdigest())
         if got != digest:
             _staging(ctx).stage_delete(upload_id)
             _HASHES.drop(repr(_staging(ctx)), upload_id)
@@ -547,7 +565,7 @@ def upload_finish(ctx: Context, namespace: str, upload_id: str, digest: str) -> 
     root = ctx.store.local_root
     if written and root is not None:
         with ctx.store.open_local(digest) as blob:
-            _VERIFIED.remember(root, digest, blob)
+            _VERIFIED.remember(root, digest, blob, nonfinite=state.nonfinite())
     return offset, written
 
 

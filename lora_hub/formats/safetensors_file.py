@@ -21,9 +21,11 @@ refused without being unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import itertools
 import json
 import math
-import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -233,31 +235,177 @@ def read_header(
 def nonfinite_tensors(header: SafetensorsHeader, names: Iterable[str] | None = None) -> list[str]:
     """Names of the float tensors (of ``names``, default all) that hold a NaN or an Inf.
 
-    Reads the data through a memory map in chunks of a few MB, so memory stays flat, and tests
-    the exponent bits directly, so bfloat16 needs no conversion.
+    Reads the data with ``preadv`` into one reused 8 MB buffer (sequential read-ahead hinted),
+    so memory stays flat, and tests the exponent bits directly, so bfloat16 needs no
+    conversion. Not a memory map: for a file that is not in the page cache (a blob just
+    written past it) page faults read 1 GB in 1.2-1.9 s here, large reads in 0.4 s.
     """
     wanted = header.tensors.values() if names is None else [header.tensors[n] for n in names]
     floats = [t for t in wanted if t.dtype in _NONFINITE_MASK and t.nbytes]
     if not floats:
         return []
-    with open(header.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        return _scan_nonfinite(mm, floats)
+    fd = os.open(header.path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return _scan_nonfinite(fd, floats)
+    finally:
+        os.close(fd)
 
 
-def _scan_nonfinite(mm: mmap.mmap, tensors: list[TensorInfo], chunk_bytes: int = 8 << 20) -> list[str]:
-    # A separate function, so that every numpy view of the map is gone before the map closes.
-    buf = np.frombuffer(mm, dtype=np.uint8)
+def _scan_nonfinite(fd: int, tensors: list[TensorInfo], chunk_bytes: int = 8 << 20) -> list[str]:
+    buf = bytearray(chunk_bytes)
+    view = memoryview(buf)
     bad: list[str] = []
     for t in tensors:
         utype, mask = _NONFINITE_MASK[t.dtype]
-        words = buf[t.start : t.end].view(utype)
-        step = chunk_bytes // words.itemsize
-        scratch = np.empty(min(step, words.size), dtype=utype)
-        for i in range(0, words.size, step):
-            part = words[i : i + step]
-            out = scratch[: part.size]
-            np.bitwise_and(part, utype(mask), out=out)
+        size = np.dtype(utype).itemsize
+        step = chunk_bytes - chunk_bytes % size
+        scratch = np.empty(step // size, dtype=utype)
+        pos, end = t.start, t.end  # offsets in the file
+        while pos < end:
+            want = min(step, end - pos)
+            got = os.preadv(fd, [view[:want]], pos)
+            if got < want:
+                raise SafetensorsFormatError(f"the file ended inside tensor {t.name!r}", hint="the file is truncated")
+            words = np.frombuffer(buf, dtype=utype, count=want // size)
+            out = scratch[: words.size]
+            np.bitwise_and(words, utype(mask), out=out)
+            pos += want
             if out.max() == mask:
                 bad.append(t.name)
                 break
     return bad
+
+
+class StreamingScan:
+    """The NaN/Inf scan of ``nonfinite_tensors``, made over a safetensors file's bytes as they go
+    by (``update`` with consecutive blocks of any size, from byte 0): a receiver that hashes an
+    upload finds its non-finite tensors in the same pass, without reading the file again.
+
+    ``result()`` is the names of the float tensors holding a NaN or an Inf, in the order of
+    their data, once every tensor's bytes went by; None when it cannot tell (the bytes are no
+    safetensors header it can read, or not all of the data went by), and the caller must scan
+    the file (``nonfinite_tensors``, after ``read_header`` validated it). The header is read
+    leniently here: for a file ``read_header`` accepts, the tensors are the same."""
+
+    def __init__(self) -> None:
+        self._pos = 0
+        self._head = bytearray()
+        self._tensors: list[tuple[int, int, str, type[np.unsignedinteger], int]] | None = None
+        self._next = 0  # the first tensor not wholly seen
+        self._carry = b""  # bytes of a word split between two blocks
+        self._bad: list[str] = []
+        self._failed = False
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if self._failed or not len(view):
+            return
+        start = self._pos
+        self._pos += len(view)
+        if self._tensors is None:
+            view = self._read_header(view)
+            if self._tensors is None:
+                return
+            start = self._pos - len(view)
+        end = self._pos
+        tensors = self._tensors
+        while self._next < len(tensors):
+            t_start, t_end, name, utype, mask = tensors[self._next]
+            if t_start >= end:
+                return
+            a, b = max(t_start, start), min(t_end, end)
+            already = bool(self._bad) and self._bad[-1] == name
+            if a < b and not already and self._check(view[a - start : b - start], utype, mask):
+                self._bad.append(name)
+                self._carry = b""
+            if t_end > end:
+                return
+            self._next += 1
+            self._carry = b""
+
+    def _check(self, part: memoryview, utype: type[np.unsignedinteger], mask: int) -> bool:
+        """Whether ``part`` (the next bytes of the current tensor) holds a word with every
+        exponent bit set; a word split at the end is kept for the next block."""
+        size = np.dtype(utype).itemsize
+        found = False
+        if self._carry:
+            need = size - len(self._carry)
+            if len(part) < need:
+                self._carry += bytes(part)
+                return False
+            word = np.frombuffer(self._carry + bytes(part[:need]), dtype=utype)
+            found = int(word[0]) & mask == mask
+            part = part[need:]
+            self._carry = b""
+        usable = len(part) - len(part) % size
+        if usable:
+            words = np.frombuffer(part[:usable], dtype=utype)
+            found = found or int(np.bitwise_and(words, utype(mask)).max()) == mask
+        if usable < len(part):
+            self._carry = bytes(part[usable:])
+        return found
+
+    def _read_header(self, view: memoryview) -> memoryview:
+        """Gather the header; once whole, the tensors to scan. Returns what of ``view`` is data."""
+        if len(self._head) < 8:
+            k = min(len(view), 8 - len(self._head))
+            self._head += view[:k]
+            view = view[k:]
+            if len(self._head) < 8:
+                return view
+        n = int.from_bytes(self._head[:8], "little")
+        if n > MAX_HEADER_BYTES:
+            self._failed = True
+            return view[:0]
+        k = min(len(view), 8 + n - len(self._head))
+        self._head += view[:k]
+        view = view[k:]
+        if len(self._head) < 8 + n:
+            return view
+        data_start = len(self._head)
+        try:
+            doc = json.loads(bytes(self._head[8:]))
+            tensors = []
+            for name, entry in doc.items():
+                if name == "__metadata__" or entry["dtype"] not in _NONFINITE_MASK:
+                    continue
+                begin, end = (int(x) for x in entry["data_offsets"])
+                if end > begin:
+                    utype, mask = _NONFINITE_MASK[entry["dtype"]]
+                    tensors.append((data_start + begin, data_start + end, str(name), utype, mask))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self._failed = True
+            return view[:0]
+        tensors.sort(key=lambda t: (t[0], t[1]))
+        if any(b[0] < a[1] for a, b in itertools.pairwise(tensors)):
+            self._failed = True  # overlapping: read_header refuses it
+            return view[:0]
+        self._tensors = tensors
+        return view
+
+    def result(self) -> list[str] | None:
+        if self._failed or self._tensors is None or self._next < len(self._tensors):
+            return None
+        return list(self._bad)
+
+
+class ScanningHash:
+    """The sha256 of a session's bytes and, in the same pass, their NaN/Inf scan as a
+    safetensors file (``StreamingScan``; ``nonfinite()`` None when they are not one, or it
+    cannot tell), so that the commit of an adapter need not read its weights again."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._scan = StreamingScan()
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._sha.update(data)
+        self._scan.update(data)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+    def nonfinite(self) -> list[str] | None:
+        return self._scan.result()

@@ -20,19 +20,19 @@ refuse any blob whose bytes do not match its digest.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import quote
 
 import httpx
 
 from lora_hub import errors
+from lora_hub._direct import DirectFile
 from lora_hub._fs import PartialRegistry, Protected, Replace, prepare_output, staged_output
 from lora_hub.errors import (
     IntegrityError,
@@ -354,30 +354,26 @@ class RemoteHub:
         return PullResult(version=version, path=str(out), bytes_written=written)
 
     def _download(self, ns: str, entry: FileEntry, target: Path, advance: Any) -> int:
-        with open(target, "wb") as fh:
-            size = self._fetch(f"/v1/blobs/{ns}/{entry.digest}", fh, entry.path, entry.digest, entry.size, advance)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return size
+        return self._fetch(f"/v1/blobs/{ns}/{entry.digest}", target, entry.path, entry.digest, entry.size, advance)
 
-    def _fetch(self, url: str, fh: BinaryIO, label: str, digest: str, expected: int, advance: Any) -> int:
-        """Stream ``url`` into ``fh``, hashing it; the bytes written, or ``IntegrityError`` when
-        they are not ``digest`` (``expected`` bytes)."""
-        h = hashlib.sha256()
-        size = 0
+    def _fetch(self, url: str, target: Path, label: str, digest: str, expected: int, advance: Any) -> int:
+        """Stream ``url`` into the new file ``target``, hashing it (``lora_hub._direct``: past the
+        page cache, hashed and written on a second thread, fsynced); the bytes written, or
+        ``IntegrityError`` when they are not ``digest`` (``expected`` bytes)."""
         try:
-            with self._http.stream("GET", url) as response:
+            with (
+                DirectFile(target, sha256=True, direct=self.settings.direct_io) as fh,
+                self._http.stream("GET", url) as response,
+            ):
                 if response.status_code >= 400:
                     response.read()
                     raise error_from(response)
-                for block in response.iter_raw(CHUNK):  # blobs are sent as they are: no decoding
-                    h.update(block)
+                for block in response.iter_raw():  # as the transport reads them: no decoding, no re-chunking
                     fh.write(block)
-                    size += len(block)
                     advance(len(block))
         except httpx.TransportError as exc:
             raise ServerError(f"the download of {label} from {self.url} failed: {exc}") from exc
-        got = "sha256:" + h.hexdigest()
+        got, size = "sha256:" + fh.hexdigest(), fh.size
         if got != digest or size != expected:
             raise IntegrityError(
                 f"{label} came from the server as {got} ({size} bytes), not {digest} ({expected} bytes)",
@@ -833,10 +829,10 @@ class RemoteHub:
 
         info = self.base_show(name)
 
-        def copy(f: BaseFile, fh: BinaryIO, advance: Any) -> int:
+        def copy(f: BaseFile, target: Path, advance: Any) -> int:
             assert f.digest is not None
             url = f"/v1/bases/{_path(info.name or name)}/-/files/{quote(f.path, safe='/')}"
-            return self._fetch(url, fh, f.path, f.digest, f.size, advance)
+            return self._fetch(url, target, f.path, f.digest, f.size, advance)
 
         return base_core.write_pulled(
             info, dest, copy, replace=Replace.of(force=force, overwrite=overwrite),

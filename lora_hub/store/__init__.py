@@ -12,12 +12,12 @@ from lora_hub.store.local import LocalStore
 __all__ = ["BlobStore", "LocalStore", "open_store"]
 
 
-def open_store(url: str) -> BlobStore:
-    """``file:///path`` or a plain path: a local folder; ``s3://bucket/prefix``: an S3-compatible
-    bucket (``lora_hub.store.s3``)."""
+def open_store(url: str, *, direct_io: bool = True) -> BlobStore:
+    """``file:///path`` or a plain path: a local folder (``direct_io``: blobs written past the
+    page cache); ``s3://bucket/prefix``: an S3-compatible bucket (``lora_hub.store.s3``)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
-        return LocalStore(Path(unquote(parsed.path if parsed.scheme else url)))
+        return LocalStore(Path(unquote(parsed.path if parsed.scheme else url)), direct_io=direct_io)
     if parsed.scheme == "s3":
         from lora_hub.store.s3 import S3Store  # boto3 is imported on first use
 

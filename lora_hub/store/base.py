@@ -6,10 +6,11 @@ import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
+from lora_hub._direct import Hasher
 from lora_hub.errors import InvalidArgumentError
-from lora_hub.hashing import Advance
+from lora_hub.hashing import Advance, Sink
 
 BlobState = Literal["ok", "missing", "corrupted"]
 STAGE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -67,7 +68,7 @@ class BlobStore(Protocol):
         ``put_file``. The same visibility rules and return value as ``put_file``."""
         ...
 
-    def copy_out(self, digest: str, dst: BinaryIO, advance: Advance | None = None) -> int: ...
+    def copy_out(self, digest: str, dst: Sink, advance: Advance | None = None) -> int: ...
 
     def open_local(self, digest: str, *, verify: bool = False) -> AbstractContextManager[Path]:
         """A local file holding the blob, for readers that need one (a merge memory-maps its
@@ -104,10 +105,13 @@ class StagingStore(Protocol):
         once if another holds it (a store that cannot lock across processes documents it)."""
         ...
 
-    def stage_append(self, upload_id: str, offset: int) -> AbstractContextManager[StageWriter]:
+    def stage_append(
+        self, upload_id: str, offset: int, hasher: Hasher | None = None
+    ) -> AbstractContextManager[StageWriter]:
         """A writer of bytes from ``offset``, which the caller (holding ``stage_lock``) has checked
-        is the staged size. Bytes written before an error may stay staged or not, depending on the
-        store: ``stage_info`` tells."""
+        is the staged size; ``hasher`` (the hash state of the staged bytes) is updated with every
+        byte written, complete once the context exits. Bytes written before an error may stay
+        staged or not, depending on the store: ``stage_info`` tells."""
         ...
 
     def stage_read(self, upload_id: str) -> Iterator[bytes]:

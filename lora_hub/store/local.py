@@ -30,14 +30,16 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from lora_hub import _faults
+from lora_hub._direct import DirectFile, Hasher
 from lora_hub._fs import fsync_dir
 from lora_hub.errors import IntegrityError, InvalidArgumentError, StoreError
-from lora_hub.hashing import Advance, copy_and_hash, format_digest, hash_file, parse_digest
-from lora_hub.store.base import STALE_STAGE_S, BlobState, check_stage_id
+from lora_hub.hashing import Advance, Sink, copy_and_hash, format_digest, hash_file, parse_digest
+from lora_hub.store.base import STALE_STAGE_S, BlobState, StageWriter, check_stage_id
 
+UPLOAD_STAGE = 2 << 20  # bytes per staging buffer of an upload being received (three of them)
 _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # What ``link`` answers where a file cannot be adopted by linking: another file system, a file
 # system without hard links, or a file at its link limit. Such a file is copied instead.
@@ -45,8 +47,9 @@ _NO_LINK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.
 
 
 class LocalStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, direct_io: bool = True) -> None:
         self.root = Path(root)
+        self.direct_io = direct_io  # blobs written past the page cache (LORAHUB_DIRECT_IO)
         self._blobs = self.root / "sha256"
         self._tmp = self.root / "tmp"
         self._staging = self.root / "staging"
@@ -134,10 +137,10 @@ class LocalStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            with open(src, "rb", buffering=0) as fin, open(fd, "wb", buffering=0, closefd=False) as fout:
+            # past the page cache (lora_hub._direct); closing it fsyncs
+            with open(src, "rb", buffering=0) as fin, DirectFile(tmp, direct=self.direct_io) as fout:
                 got, size = copy_and_hash(fin, fout, advance)
                 _faults.checkpoint("store.put.before_fsync")
-                os.fsync(fd)
             if got != digest:
                 raise IntegrityError(
                     f"{src} changed while it was being stored (read {got}, expected {digest})",
@@ -232,7 +235,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def copy_out(self, digest: str, dst: BinaryIO, advance: Advance | None = None) -> int:
+    def copy_out(self, digest: str, dst: Sink, advance: Advance | None = None) -> int:
         path = self._path(digest)
         if not path.is_file():
             raise IntegrityError(
@@ -330,17 +333,25 @@ class LocalStore:
             os.close(fd)
 
     @contextlib.contextmanager
-    def stage_append(self, upload_id: str, offset: int) -> Iterator[BinaryIO]:
-        """The data file, opened for appending at ``offset``. What was written stays staged even
-        if the request breaks off (each block is in the file once ``write`` returns), so that a
-        client resumes from what arrived."""
+    def stage_append(self, upload_id: str, offset: int, hasher: Hasher | None = None) -> Iterator[StageWriter]:
+        """The data file, appended to from ``offset`` past the page cache and hashed into
+        ``hasher`` on threads of its own (``lora_hub._direct``: the request's thread only copies
+        into 3 x 2 MiB of buffers). What was written stays staged even if the request breaks off
+        (what arrived is written out as the context exits, however it exits), so
+        that a client resumes from what arrived."""
         path = self._stage(upload_id) / "data"
         try:
-            with open(path, "r+b") as fh:
-                fh.truncate(offset)  # nothing past the checked offset (there is none: the lock is held)
-                fh.seek(offset)
+            # cut to the checked offset first (nothing is past it: the lock is held)
+            # not fsynced per chunk: adopt_file fsyncs the whole, and the digest is checked then
+            fh = DirectFile(path, offset=offset, hasher=hasher, direct=self.direct_io, stage=UPLOAD_STAGE, stages=3,
+                            durable=False)  # fmt: skip
+            try:
                 yield fh
-                fh.flush()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    fh.close()  # keep what arrived; the caller compares the staged size with what it sent
+                raise
+            fh.close()
         except OSError as exc:
             if exc.errno in _SPACE_ERRORS:
                 raise self._space_error(exc) from exc

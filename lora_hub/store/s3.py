@@ -53,10 +53,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
+from lora_hub._direct import Hasher
 from lora_hub._fs import fsync_dir
 from lora_hub.errors import IntegrityError, InvalidArgumentError, SettingsError, StoreError
-from lora_hub.hashing import Advance, format_digest, parse_digest
-from lora_hub.store.base import STALE_STAGE_S, BlobState, check_stage_id
+from lora_hub.hashing import Advance, Sink, format_digest, parse_digest
+from lora_hub.store.base import STALE_STAGE_S, BlobState, StageWriter, check_stage_id
 
 PART_MIN = 8 << 20  # S3's minimum part is 5 MiB; 8 MiB parts keep 10,000 parts above 80 GB
 MAX_PARTS = 9_000  # below S3's 10,000, with room to spare
@@ -69,6 +70,17 @@ def _code(exc: Exception) -> str:
     return str(response.get("Error", {}).get("Code", "")) or str(
         response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
     )
+
+
+class _HashingWriter:
+    def __init__(self, fh: BinaryIO, hasher: Hasher | None) -> None:
+        self._fh, self._hasher = fh, hasher
+
+    def write(self, data: bytes, /) -> int:
+        n = self._fh.write(data)
+        if self._hasher is not None:
+            self._hasher.update(memoryview(data))
+        return n
 
 
 class S3Store:
@@ -131,7 +143,7 @@ class S3Store:
     def has(self, digest: str) -> bool:
         return self._size(digest) is not None
 
-    def _read(self, digest: str, dst: BinaryIO | None, advance: Advance | None) -> tuple[str, int] | None:
+    def _read(self, digest: str, dst: Sink | None, advance: Advance | None) -> tuple[str, int] | None:
         """Stream the object (into ``dst``), hashing it; None when it does not exist."""
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(digest))["Body"]
@@ -263,7 +275,7 @@ class S3Store:
                 hint="push again once nothing is writing to it",
             )
 
-    def copy_out(self, digest: str, dst: BinaryIO, advance: Advance | None = None) -> int:
+    def copy_out(self, digest: str, dst: Sink, advance: Advance | None = None) -> int:
         got = self._read(digest, dst, advance)
         if got is None:
             raise IntegrityError(
@@ -402,13 +414,14 @@ class S3Store:
         return contextlib.nullcontext()  # S3 has no lock: see the module docstring
 
     @contextlib.contextmanager
-    def stage_append(self, upload_id: str, offset: int) -> Iterator[BinaryIO]:
-        """A local spool file; sent as the object ``chunk-<offset>`` when the context exits
-        without an error (a chunk that broke off is not staged at all)."""
+    def stage_append(self, upload_id: str, offset: int, hasher: Hasher | None = None) -> Iterator[StageWriter]:
+        """A local spool file (each block hashed into ``hasher`` as it is written); sent as the
+        object ``chunk-<offset>`` when the context exits without an error (a chunk that broke
+        off is not staged at all)."""
         key = self._stage_prefix(upload_id) + f"chunk-{offset:020d}"
         self.cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=self.cache, prefix=".chunk-") as spool:
-            yield spool
+            yield _HashingWriter(spool, hasher)
             if spool.tell() == 0:
                 return
             spool.seek(0)
