@@ -14,8 +14,11 @@ schema) served by `lorahub serve --workers N` on SQLite and on PostgreSQL. ``--l
 threads, each with its own keep-alive connection and a read token on ``*``, send the request of
 `lorahub list` (limit 50, counted; and a filtered, sorted one) ``--list-reps`` times each, after
 warm-ups: back to back, or with ``--list-think-ms`` a pause between requests. Each request is
-timed from its send to the last byte of its body (raw httpx: the client does not parse the JSON,
-so that its own CPU stays small beside the server's). p50/p95/p99 in ms, requests per second
+timed from its send to the last byte of its body, by httpx clients (that do not parse the JSON)
+and, with ``--list-client raw``, by clients that send a prepared request on a socket and read
+the response by its Content-Length (about 30 us of CPU a request): the clients share the 2 cores
+and one interpreter's lock with nothing else to do, so httpx's own cost (0.5-1 ms a request)
+caps what 50 of them can ask for. p50/p95/p99 in ms, requests per second
 (over the whole run, until the last client is done), and one client alone for scale. With no
 pause the latency is the number of clients divided by the throughput (Little's law): a p95 of
 30 ms under 50 back-to-back clients asks for about 2,000 requests/s. ``--list-profile N`` then
@@ -43,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -231,11 +235,51 @@ def _serve(env: dict[str, str], workers: int) -> Iterator[tuple[str, Callable[[]
         server.wait(30)
 
 
+class _RawClient:
+    """One keep-alive HTTP/1.1 connection that sends a request prepared once and reads the whole
+    response (by its Content-Length) without parsing anything else: a client that costs the
+    shared CPU about 30 us a request, so that 50 of them in one process measure the server, not
+    httpx and the GIL (``--list-client raw``)."""
+
+    def __init__(self, url: str, path: str, token: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        self.buf = b""
+
+    def get(self) -> tuple[int, bytes]:
+        self.sock.sendall(self.request)
+        while b"\r\n\r\n" not in self.buf:
+            self._recv()
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                      if line.lower().startswith(b"content-length:"))  # fmt: skip
+        while len(rest) < length:
+            rest += self._recv_more()
+        body, self.buf = rest[:length], rest[length:]
+        return status, body
+
+    def _recv(self) -> None:
+        self.buf += self._recv_more()
+
+    def _recv_more(self) -> bytes:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def _load(url: str, token: str, case: ListCase, clients: int, reps: int, warmup: int,
-          own_pids: Callable[[], list[int]], think_ms: float = 0.0) -> LoadRun:  # fmt: skip
+          own_pids: Callable[[], list[int]], think_ms: float = 0.0, kind: str = "httpx") -> LoadRun:  # fmt: skip
     """``clients`` threads, one keep-alive connection each, ``reps`` requests each: back to back,
     or with ``think_ms`` a pause between them (exponentially distributed with that mean, seeded
-    per client, and a first pause drawn uniformly, so that the clients do not move in step)."""
+    per client, and a first pause drawn uniformly, so that the clients do not move in step).
+    ``kind``: httpx clients, or ``raw`` ones (``_RawClient``)."""
     barrier = threading.Barrier(clients + 1)
     samples: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
@@ -244,20 +288,35 @@ def _load(url: str, token: str, case: ListCase, clients: int, reps: int, warmup:
     def client(k: int) -> None:
         rng = random.Random(k)
         try:
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+            if kind == "raw":
+                raw = _RawClient(url, "/v1/adapters?" + urllib.parse.urlencode(params), token)
+
+                def get() -> tuple[int, str]:
+                    status, body = raw.get()
+                    return status, body[:200].decode(errors="replace")
+            else:
+                http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+
+                def get() -> tuple[int, str]:
+                    r = http.get("/v1/adapters", params=params)  # reads the whole body
+                    return r.status_code, r.text[:200]
+
+            try:
                 for _ in range(warmup):
-                    http.get("/v1/adapters", params=params)
+                    get()
                 barrier.wait(600)
                 if think_ms > 0:
                     time.sleep(rng.uniform(0, think_ms) / 1000)
                 for _ in range(reps):
                     t0 = time.perf_counter()
-                    r = http.get("/v1/adapters", params=params)  # reads the whole body
+                    status, text = get()
                     samples[k].append((time.perf_counter() - t0) * 1000)
-                    if r.status_code != 200:
-                        errors.append(f"{r.status_code} {r.text[:200]}")
+                    if status != 200:
+                        errors.append(f"{status} {text}")
                     if think_ms > 0:
                         time.sleep(rng.expovariate(1000 / think_ms))
+            finally:
+                (raw if kind == "raw" else http).close()
         except Exception as exc:  # reported with the results
             errors.append(repr(exc))
             barrier.abort()
@@ -378,15 +437,17 @@ def _profile(url: str, home: Path, token: str, case: ListCase, requests: int) ->
     return out.getvalue()
 
 
-TABLE_HEAD = """| catalog | workers | query | clients | pause ms | p50 | p95 | p99 | req/s | errors | other CPU |
-|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"""
+TABLE_HEAD = (
+    "| catalog | workers | client | query | clients | pause ms | p50 | p95 | p99 | req/s | errors | other CPU |\n"
+    "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
-def _table_row(key: tuple[str, int, str, int, float], run: LoadRun) -> str:
-    backend, workers, label, clients, think = key
+def _table_row(key: tuple[str, int, str, str, int, float], run: LoadRun) -> str:
+    backend, workers, kind, label, clients, think = key
     p95 = run.pct(0.95)
     mark = " ✗" if clients > 1 and p95 > LIST_TARGET_P95_MS else ""
-    cells = [backend, workers, label, clients, f"{think:.0f}", f"{run.pct(0.5):.1f}", f"{p95:.1f}{mark}",
+    cells = [backend, workers, kind, label, clients, f"{think:.0f}", f"{run.pct(0.5):.1f}", f"{p95:.1f}{mark}",
              f"{run.pct(0.99):.1f}", f"{run.rate:.0f}", len(run.errors), f"{run.foreign_cpu_share:.0%}"]  # fmt: skip
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -409,8 +470,9 @@ def list_step(args: argparse.Namespace) -> None:
         backends.append(("Postgres", pg_url))
     base = {k: v for k, v in os.environ.items() if not k.startswith("LORAHUB_")}
     workers = [int(w) for w in args.list_workers.split(",")]
-    results: dict[tuple[str, int, str, int, float], LoadRun] = {}
+    results: dict[tuple[str, int, str, str, int, float], LoadRun] = {}
     thinks = [float(t) for t in args.list_think_ms.split(",")]
+    kinds = args.list_client.split(",")
     plan = [(1, args.list_reps_single, 0.0)] + [(args.list_clients, args.list_reps, t) for t in thinks]
     profiles: list[str] = []
     print(TABLE_HEAD, flush=True)
@@ -426,12 +488,12 @@ def list_step(args: argparse.Namespace) -> None:
             extra = _pg_backends(url) if backend == "Postgres" else (lambda: [])
             for n in workers:
                 with _serve(env, n) as (server_url, pids):
-                    for case, (clients, reps, think) in itertools.product(LIST_CASES, plan):
+                    for kind, case, (clients, reps, think) in itertools.product(kinds, LIST_CASES, plan):
                         if args.max_wait > 0:
                             _envinfo.wait_quiet(max_wait=args.max_wait)
                         run = _load(server_url, token, case, clients, reps, args.list_warmup,
-                                    lambda p=pids, e=extra: [*p(), *e()], think)  # fmt: skip
-                        key = (backend, n, case.label, clients, think)
+                                    lambda p=pids, e=extra: [*p(), *e()], think, kind)  # fmt: skip
+                        key = (backend, n, kind, case.label, clients, think)
                         results[key] = run
                         print(_table_row(key, run), flush=True)
             if args.list_profile:
@@ -492,6 +554,8 @@ def main() -> None:
     ap.add_argument("--list-workers", default="1,2", help="server processes to measure with, e.g. 1,2")
     ap.add_argument("--list-think-ms", default="0", metavar="MS[,MS]",
                     help="mean pause of each client between its requests (0: back to back), e.g. 0,500")  # fmt: skip
+    ap.add_argument("--list-client", default="httpx,raw", metavar="KIND[,KIND]",
+                    help="the load's clients: httpx and/or raw (a prepared request on a socket)")  # fmt: skip
     ap.add_argument("--list-profile", type=int, default=200, metavar="N",
                     help="profile N list requests in-process after the load (0: don't)")  # fmt: skip
     ap.add_argument("--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",

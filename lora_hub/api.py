@@ -1021,6 +1021,15 @@ class ServingHub(Hub):
             self._worker = InProcessWorker(self._ctx)
         return self._worker.put
 
+    _pages: adapters.SearchCache | None = None
+
+    def search_json(self, query: ListQuery) -> bytes:
+        """``search``'s page as JSON, from this process's cache while the catalog has not
+        changed (``lora_hub.core.adapters.SearchCache``)."""
+        if self._pages is None:
+            self._pages = adapters.SearchCache()
+        return self._pages.page_json(self._ctx, query)
+
     def submit_request(self, request: Mapping[str, Any]) -> JobInfo:
         """Submit a job request sent as JSON (``lora_hub.core.jobs.JobRequest``)."""
         from lora_hub.core import jobs as job_core

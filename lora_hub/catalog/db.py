@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from lora_hub.errors import CatalogError, LoraHubError, SettingsError
 
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 BUSY_TIMEOUT_S = 60
 _PG_LOCK_KEY = 0x10_2A_4B_00  # advisory lock id for migrations
 
@@ -117,6 +117,10 @@ def translate(exc: SQLAlchemyError, url: str) -> CatalogError:
     )
 
 
+_BUMP = text("UPDATE catalog_generation SET value = value + 1 WHERE id = 1")
+_GENERATION = text("SELECT value FROM catalog_generation WHERE id = 1")
+
+
 class Database:
     """An engine with managed sessions. Creating one migrates the schema if it is behind."""
 
@@ -131,20 +135,33 @@ class Database:
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def session(self, *, write: bool = False) -> Iterator[Session]:
-        """One unit of work. ``write=True`` takes SQLite's write lock at the start."""
+    def session(self, *, write: bool = False, listed: bool = True) -> Iterator[Session]:
+        """One unit of work. ``write=True`` takes SQLite's write lock at the start and, unless
+        ``listed=False`` (it changes nothing a listing shows), increases the catalog generation
+        in the same transaction, last, so that it is the last lock the transaction takes."""
         try:
             with Session(self.engine, expire_on_commit=False) as session:
                 if write and self.is_sqlite:
                     session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
                 try:
                     yield session
+                    if write and listed:
+                        session.execute(_BUMP)
                     session.commit()
                 except BaseException:
                     session.rollback()
                     raise
         except LoraHubError:
             raise
+        except SQLAlchemyError as exc:
+            raise translate(exc, self.url) from exc
+
+    def generation(self) -> int:
+        """The catalog generation: it has moved whenever something a listing shows may have
+        changed (``session``)."""
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(_GENERATION).scalar_one())
         except SQLAlchemyError as exc:
             raise translate(exc, self.url) from exc
 

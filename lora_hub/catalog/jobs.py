@@ -69,7 +69,7 @@ class Jobs:
         so that a queued job always has its row and a row is never left without its job."""
         active_q = select(JobRow).where(JobRow.dedup_key == dedup_key, JobRow.state.in_(ACTIVE))
         for _ in range(3):
-            with self.db.session(write=True) as s:
+            with self.db.session(write=True, listed=False) as s:
                 active = s.scalars(active_q).first()
                 if active is not None:
                     return _info(active, joined=True)
@@ -118,7 +118,7 @@ class Jobs:
     def claim(self, job_id: str, worker: str) -> JobInfo | None:
         """Mark the job running on ``worker`` (again, after a worker died); None if it is done or
         was cancelled while queued."""
-        with self.db.session(write=True) as s:
+        with self.db.session(write=True, listed=False) as s:
             row = s.get(JobRow, job_id, with_for_update=not self.db.is_sqlite)
             if row is None or row.state in JOB_DONE:
                 return None
@@ -133,7 +133,7 @@ class Jobs:
 
     def report(self, job_id: str, progress: dict[str, Any], message: str | None = None) -> bool:
         """Store the running step's progress; returns whether a cancel was requested."""
-        with self.db.session(write=True) as s:
+        with self.db.session(write=True, listed=False) as s:
             row = s.get(JobRow, job_id)
             if row is None:
                 return True
@@ -151,7 +151,7 @@ class Jobs:
         error: dict[str, Any] | None = None,
         message: str,
     ) -> JobInfo:
-        with self.db.session(write=True) as s:
+        with self.db.session(write=True, listed=False) as s:
             row = s.get(JobRow, job_id)
             if row is None:
                 raise JobNotFoundError(job_id)
@@ -162,7 +162,7 @@ class Jobs:
         """Ask the job to stop: a queued job is cancelled at once (``cancel_queued(driver_connection,
         queue_job_id)`` takes it off the queue in the same transaction); a running one stops at its
         next progress report."""
-        with self.db.session(write=True) as s:
+        with self.db.session(write=True, listed=False) as s:
             row = s.get(JobRow, job_id, with_for_update=not self.db.is_sqlite)
             if row is None:
                 raise JobNotFoundError(job_id)

@@ -63,7 +63,7 @@ class Lease:
                 self.refresh()
 
     def refresh(self) -> None:
-        with self.db.session(write=True) as s:
+        with self.db.session(write=True, listed=False) as s:
             s.execute(update(StoreLeaseRow).where(StoreLeaseRow.id == self.id).values(expires_at=_expiry()))
 
     def stop(self) -> None:
@@ -94,7 +94,7 @@ class Leases:
     def _take(self, kind: str, blocked_by: set[str], what: str, wait_s: float) -> Lease:
         deadline = time.monotonic() + wait_s
         while True:
-            with self.db.session(write=True) as s:
+            with self.db.session(write=True, listed=False) as s:
                 if not blocked_by & set(_live(s)):
                     lease_id = secrets.token_hex(16)
                     s.add(StoreLeaseRow(id=lease_id, kind=kind, holder=_holder(), expires_at=_expiry()))
@@ -109,7 +109,7 @@ class Leases:
 
     def _release(self, lease: Lease) -> None:
         lease.stop()
-        with self.db.session(write=True) as s:
+        with self.db.session(write=True, listed=False) as s:
             s.execute(delete(StoreLeaseRow).where(StoreLeaseRow.id == lease.id))
 
     @contextlib.contextmanager

@@ -189,6 +189,16 @@ class StoreLockRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
+class CatalogGenerationRow(Base):
+    """One row whose ``value`` every write transaction increases (``Database.session``), but for
+    those that change nothing a listing shows (jobs, store leases): a server's listing cache is
+    good while it has not moved."""
+
+    __tablename__ = "catalog_generation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class StoreLeaseRow(Base):
     """A writer storing blobs (``write``), or ``gc`` collecting them (``gc_wait`` while it waits
     for writers to finish, so that new writers wait for it instead of starving it). A lease past

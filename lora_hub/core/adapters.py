@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -262,6 +264,36 @@ def search(ctx: Context, query: ListQuery | None = None, **filters: object) -> V
     elif filters:
         query = query.model_copy(update=filters)
     return ctx.catalog.adapters.search(query)
+
+
+class SearchCache:
+    """Pages of ``search`` as JSON, by (catalog generation, query): a server answers a listing
+    it answered before from memory for as long as the catalog generation has not moved (every
+    write that may change a listing moves it, in its own transaction: ``Database.session``), at
+    the cost of one one-row query. Bounded: the oldest pages go first.
+
+    Why this is exact: the generation is read before the page is built, so a page stored under
+    generation g shows the catalog as of g or later; once a write moves it, no reader asks for g
+    again."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._pages: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def page_json(self, ctx: Context, query: ListQuery) -> bytes:
+        key = (ctx.catalog.db.generation(), query.model_dump_json())
+        with self._lock:
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+                return page
+        page = search(ctx, query).model_dump_json().encode()
+        with self._lock:
+            self._pages[key] = page
+            while len(self._pages) > self.limit:
+                self._pages.popitem(last=False)
+        return page
 
 
 def list_versions(ctx: Context, query: ListQuery | None = None, **filters: object) -> list[AdapterVersion]:

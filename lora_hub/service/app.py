@@ -306,15 +306,17 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
         return JSONResponse({"status": "ready", "version": __version__})
 
     # --- adapters --------------------------------------------------------------------------------
-    @app.get("/v1/adapters", tags=["adapters"])
-    def list_adapters(caller: Caller, query: Annotated[ListQuery, Query()]) -> VersionPage:
-        """Versions matching the query (``lorahub list``: ``where``, ``sort``, ...)."""
+    @app.get("/v1/adapters", tags=["adapters"], response_model=VersionPage)
+    def list_adapters(caller: Caller, query: Annotated[ListQuery, Query()]) -> Response:
+        """Versions matching the query (``lorahub list``: ``where``, ``sort``, ...). Answered from
+        the server's cache while the catalog has not changed."""
         caller.need_any()
         if caller.token is not None and not caller.sees_everything:
             pattern = caller.token.namespace
             if query.namespace is not None:
                 if not caller.token.covers(query.namespace):
-                    return VersionPage(items=[], offset=query.offset, limit=query.limit, total=0)
+                    empty = VersionPage(items=[], offset=query.offset, limit=query.limit, total=0)
+                    return Response(empty.model_dump_json(), media_type="application/json")
             elif "*" in pattern:
                 raise InvalidArgumentError(
                     f"this token reads the namespaces {pattern}: list one of them at a time",
@@ -322,7 +324,7 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
                 )
             else:
                 query = query.model_copy(update={"namespace": pattern})
-        return the_hub.search(query)
+        return Response(the_hub.search_json(query), media_type="application/json")
 
     @app.get("/v1/adapters/{ref:path}/-/versions", tags=["adapters"])
     def versions(caller: Caller, ref: str) -> list[int]:
