@@ -1022,13 +1022,20 @@ class ServingHub(Hub):
         return self._worker.put
 
     _pages: adapters.SearchCache | None = None
+    _tokens: tokens.TokenCache | None = None
 
-    def search_json(self, query: ListQuery) -> bytes:
+    def generation(self) -> int:
+        """The catalog generation: it moves with every change a listing or a token lookup could
+        see (``lora_hub.catalog.db.Database.session``). A request reads it once."""
+        return self._ctx.catalog.db.generation()
+
+    def search_json(self, query: ListQuery, *, generation: int | None = None) -> bytes:
         """``search``'s page as JSON, from this process's cache while the catalog has not
-        changed (``lora_hub.core.adapters.SearchCache``)."""
+        changed (``lora_hub.core.adapters.SearchCache``; ``generation`` as read before, once
+        per request)."""
         if self._pages is None:
             self._pages = adapters.SearchCache()
-        return self._pages.page_json(self._ctx, query)
+        return self._pages.page_json(self._ctx, query, generation)
 
     def submit_request(self, request: Mapping[str, Any]) -> JobInfo:
         """Submit a job request sent as JSON (``lora_hub.core.jobs.JobRequest``)."""
@@ -1093,9 +1100,15 @@ class ServingHub(Hub):
         """Revoke a token: every server refuses it from its next request on."""
         return tokens.revoke(self._ctx, token_id)
 
-    def authenticate(self, secret: str) -> TokenInfo | None:
-        """The token whose secret this is (in any state), or None."""
-        return tokens.authenticate(self._ctx, secret)
+    def authenticate(self, secret: str, *, generation: int | None = None) -> TokenInfo | None:
+        """The token whose secret this is (in any state), or None. With ``generation`` (read by
+        this request), from this process's cache while the catalog has not changed
+        (``lora_hub.core.tokens.TokenCache``: a revocation moves it)."""
+        if generation is None:
+            return tokens.authenticate(self._ctx, secret)
+        if self._tokens is None:
+            self._tokens = tokens.TokenCache()
+        return self._tokens.lookup(self._ctx, secret, generation)
 
     def blob_size(self, digest: str) -> int | None:
         """The size of a stored blob, or None when it is not stored."""

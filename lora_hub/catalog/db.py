@@ -80,7 +80,7 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     raise CatalogError(
         f"unsupported database URL {make_url_safe(url)}",
         hint="use sqlite:///path/catalog.db or postgresql+psycopg://user@host/db",

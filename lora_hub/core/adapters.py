@@ -281,8 +281,10 @@ class SearchCache:
         self._pages: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def page_json(self, ctx: Context, query: ListQuery) -> bytes:
-        key = (ctx.catalog.db.generation(), query.model_dump_json())
+    def page_json(self, ctx: Context, query: ListQuery, generation: int | None = None) -> bytes:
+        """The page's JSON; ``generation``: the catalog generation read by the caller before
+        (a request's, read once), else read now."""
+        key = (ctx.catalog.db.generation() if generation is None else generation, query.model_dump_json())
         with self._lock:
             page = self._pages.get(key)
             if page is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 from lora_hub._context import Context
-from lora_hub.catalog.tokens import CreatedToken, TokenInfo
+from lora_hub.catalog.tokens import CreatedToken, TokenInfo, hash_secret
 from lora_hub.errors import InvalidArgumentError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w|y)\s*$")
@@ -43,3 +45,29 @@ def revoke(ctx: Context, token_id: str) -> TokenInfo:
 def authenticate(ctx: Context, secret: str) -> TokenInfo | None:
     """The token of ``secret`` (any state), or None; read from the catalog on every call."""
     return ctx.catalog.tokens.authenticate(secret)
+
+
+class TokenCache:
+    """``authenticate`` by (catalog generation, the secret's hash): a server looks a token up
+    in the catalog again only when the catalog generation moved, and every token change
+    (creation, revocation) moves it in its own transaction, so a revoked token is refused by
+    the very next request on every process. Expiry is a matter of the clock: the caller checks
+    ``TokenInfo.state()`` on each request. Bounded: the oldest entries go first."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._found: OrderedDict[tuple[int, str], TokenInfo | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, ctx: Context, secret: str, generation: int) -> TokenInfo | None:
+        key = (generation, hash_secret(secret))
+        with self._lock:
+            if key in self._found:
+                self._found.move_to_end(key)
+                return self._found[key]
+        found = authenticate(ctx, secret)
+        with self._lock:
+            self._found[key] = found
+            while len(self._found) > self.limit:
+                self._found.popitem(last=False)
+        return found

@@ -55,7 +55,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lora_hub._direct import DirectFile
 from lora_hub._version import __version__
-from lora_hub.api import ServingHub
+from lora_hub.api import ServingHub, TokenInfo
 from lora_hub.errors import (
     AdapterNotFoundError,
     BodyTooLargeError,
@@ -213,9 +213,16 @@ def _has_body(request: Request) -> bool:
 
 
 def _principal(request: Request) -> Principal:
-    """The caller of this request (its token looked up in the catalog now)."""
+    """The caller of this request: its token as the catalog holds it now (looked up again
+    whenever the catalog generation, read once per request, has moved)."""
     hub: ServingHub = request.app.state.hub
-    found = principal_of(request.headers.get("authorization"), hub.authenticate, hub.settings.anonymous_read)
+    generation = hub.generation()
+    request.state.generation = generation
+
+    def lookup(secret: str) -> TokenInfo | None:
+        return hub.authenticate(secret, generation=generation)
+
+    found = principal_of(request.headers.get("authorization"), lookup, hub.settings.anonymous_read)
     request.state.principal = found
     return found
 
@@ -307,7 +314,7 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
 
     # --- adapters --------------------------------------------------------------------------------
     @app.get("/v1/adapters", tags=["adapters"], response_model=VersionPage)
-    def list_adapters(caller: Caller, query: Annotated[ListQuery, Query()]) -> Response:
+    def list_adapters(caller: Caller, request: Request, query: Annotated[ListQuery, Query()]) -> Response:
         """Versions matching the query (``lorahub list``: ``where``, ``sort``, ...). Answered from
         the server's cache while the catalog has not changed."""
         caller.need_any()
@@ -324,7 +331,8 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
                 )
             else:
                 query = query.model_copy(update={"namespace": pattern})
-        return Response(the_hub.search_json(query), media_type="application/json")
+        page = the_hub.search_json(query, generation=request.state.generation)
+        return Response(page, media_type="application/json")
 
     @app.get("/v1/adapters/{ref:path}/-/versions", tags=["adapters"])
     def versions(caller: Caller, ref: str) -> list[int]:

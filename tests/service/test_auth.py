@@ -245,3 +245,23 @@ def test_authorisation_matrix(served: Served, tmp_path: Path) -> None:
 def test_namespace_patterns(served: Served, pattern: str, ns: str, covered: bool) -> None:
     token = served.hub.token_create("read", pattern).token
     assert token.covers(ns) is covered
+
+
+def test_a_revoked_token_is_refused_by_the_next_request(served: Served, tmp_path: Path) -> None:
+    """Tokens are looked up again whenever the catalog generation moved: a revocation made by
+    another process (another ``Hub`` on the catalog) refuses the very next request, though the
+    token's lookup was cached; a token created there works at once."""
+    from lora_hub.api import ServingHub
+
+    other = ServingHub(served.home, database_url=served.hub.settings.database_url)
+    try:
+        created = other.token_create("read", "acme")
+        headers = {"Authorization": f"Bearer {created.secret}"}
+        with httpx.Client(base_url=served.url, headers=headers) as c:
+            for _ in range(3):  # the lookup is cached after the first
+                assert c.get("/v1/adapters", params={"namespace": "acme"}).status_code == 200
+            other.token_revoke(created.token.id)
+            r = c.get("/v1/adapters", params={"namespace": "acme"})
+            assert r.status_code == 401 and "revoked" in r.text
+    finally:
+        other.close()
