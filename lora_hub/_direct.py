@@ -30,7 +30,7 @@ STAGE = 8 << 20
 STAGES = 4  # one being filled, the others being hashed and written
 
 
-_Item = tuple[mmap.mmap, int, int] | None  # a stage, its bytes, its file offset; None: stop
+_Item = tuple[mmap.mmap, int, int, int] | None  # a stage, where its bytes start and end, their file offset; None: stop
 
 
 _POOL: dict[int, list[mmap.mmap]] = {}  # stage buffers by size, kept for the next file
@@ -119,10 +119,11 @@ class DirectFile:
         self._held: dict[int, int] = {}
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
-        self._stage = self._free.get()
-        self._fill = 0
+        self._stage: mmap.mmap | None = self._free.get()
+        # The first stage's bytes start at the offset's place in a block, so that memory and file
+        # are aligned alike (O_DIRECT wants both) from the end of that block on.
+        self._start = self._fill = offset % ALIGN
         self._handed = offset  # the file offset of the next stage handed to the threads
-        self._cap = stage - offset % ALIGN  # a first stage that ends aligned: the others start so
         self.size = 0  # bytes written so far
         self._closed = False
         self._queues: list[queue.Queue[_Item]] = []
@@ -135,40 +136,47 @@ class DirectFile:
             thread.start()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._closed:
+            raise ValueError(f"{self.path}: write to a closed DirectFile")
         if self._failure is not None:
             raise self._failure
         view = memoryview(data).cast("B")
         n = len(view)
         pos = 0
         while pos < n:
-            k = min(n - pos, self._cap - self._fill)
-            self._stage[self._fill : self._fill + k] = view[pos : pos + k]
+            stage = self._stage
+            if stage is None:  # a hand-over was interrupted: the file is broken
+                raise ValueError(f"{self.path}: a write was interrupted; abort the file")
+            k = min(n - pos, self._stage_bytes - self._fill)
+            stage[self._fill : self._fill + k] = view[pos : pos + k]
             self._fill += k
             pos += k
-            if self._fill == self._cap:
+            if self._fill == self._stage_bytes:
                 self._hand_over()
         self.size += n
         return n
 
     def _hand_over(self) -> None:
-        offset, self._handed = self._handed, self._handed + self._fill
-        self._cap = self._stage_bytes
+        stage, self._stage = self._stage, None  # not ours once handed (an interrupt below must not free it)
+        assert stage is not None
+        offset, self._handed = self._handed, self._handed + self._fill - self._start
         with self._lock:
-            self._held[id(self._stage)] = self._users
+            self._held[id(stage)] = self._users
         for q in self._queues:
-            q.put((self._stage, self._fill, offset))
-        self._stage, self._fill = self._free.get(), 0
+            q.put((stage, self._start, self._fill, offset))
+        self._start = self._fill = 0
+        self._stage = self._free.get()
         if self._failure is not None:
             raise self._failure
 
     def _serve(self, q: queue.Queue[_Item], work: Callable[[memoryview, int], None]) -> None:
         while (item := q.get()) is not None:
-            stage, n, offset = item
+            stage, start, end, offset = item
             try:
                 if self._failure is None:
                     view = memoryview(stage)
                     try:
-                        work(view[:n], offset)
+                        work(view[start:end], offset)
                     finally:
                         view.release()
             except BaseException as exc:  # raised to the caller at its next write or close
@@ -212,17 +220,16 @@ class DirectFile:
         if self._closed:
             return
         try:
-            if self._fill:
-                self._hand_over()
-        finally:
-            self._stop()
-        if self._failure is not None:
-            self._release()
-            raise self._failure
-        try:
+            try:
+                if self._fill > self._start:
+                    self._hand_over()
+            finally:
+                self._stop()
+            if self._failure is not None:
+                raise self._failure
             if self._durable:
                 os.fsync(self._fd)
-        finally:
+        finally:  # however it ended: the descriptors closed, the buffers back
             self._release()
 
     def abort(self) -> None:
@@ -248,7 +255,9 @@ class DirectFile:
             if fd >= 0:
                 os.close(fd)
         self._direct = self._fd = -1
-        _give_back(self._stage)
+        if self._stage is not None:
+            _give_back(self._stage)
+            self._stage = None
         while not self._free.empty():
             _give_back(self._free.get())
 

@@ -84,3 +84,54 @@ def test_appending_from_an_offset_goes_on_with_the_hash(tmp_path: Path, offset: 
     assert target.read_bytes() == data
     assert fh.hexdigest() == state.hexdigest() == hashlib.sha256(data).hexdigest()
     assert fh.size == len(data) - offset
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_failed_write_still_closes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that failed on the writer thread, with a partial stage still to hand over at
+    close: close raises the failure and still closes both descriptors."""
+    before = _open_fds()
+
+    def broken(fd: int, data: memoryview, offset: int) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_direct.os, "pwrite", broken)
+    fh = DirectFile(tmp_path / "f", stage=4096, stages=2)
+    with pytest.raises(OSError, match="Input/output"):
+        fh.write(b"a" * 4106)  # one stage handed over, 10 bytes left in the next
+        fh.close()
+    fh.abort()  # nothing once closed; closes it if the write itself raised
+    assert fh._closed and _open_fds() == before
+    with pytest.raises(ValueError, match="closed"):
+        fh.write(b"x")  # its buffers may be another file's by now
+
+
+def test_a_resume_at_an_unaligned_offset_stays_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appending from an offset inside a block: the bytes up to the block's end go through the
+    cache, the rest past it (memory and file aligned alike), not all through the cache."""
+    probe = DirectFile(tmp_path / "probe")
+    direct = probe._direct >= 0
+    probe.close()
+    if not direct:
+        pytest.skip(f"{tmp_path}'s filesystem refuses O_DIRECT: nothing to check")
+    data = random.Random(5).randbytes(1000 + 3 * STAGE)
+    target = tmp_path / "f"
+    target.write_bytes(data[:1000])
+    written: dict[int, int] = {}
+    real = os.pwrite
+
+    def spy(fd: int, chunk: memoryview, offset: int) -> int:
+        n = real(fd, chunk, offset)
+        written[fd] = written.get(fd, 0) + n
+        return n
+
+    monkeypatch.setattr(_direct.os, "pwrite", spy)
+    fh = DirectFile(target, offset=1000)
+    direct_fd = fh._direct
+    fh.write(data[1000:])
+    fh.close()
+    assert target.read_bytes() == data
+    assert written.get(direct_fd, 0) >= 2 * STAGE  # O_DIRECT was not given up
