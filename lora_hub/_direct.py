@@ -28,6 +28,8 @@ from typing import Protocol
 ALIGN = 4096  # O_DIRECT wants buffers, offsets and lengths aligned to the logical block size
 STAGE = 8 << 20
 STAGES = 4  # one being filled, the others being hashed and written
+UPLOAD_STAGE = 2 << 20  # a received upload's stages: small, as a server holds one set per upload
+UPLOAD_STAGES = 3
 
 
 _Item = tuple[mmap.mmap, int, int, int] | None  # a stage, where its bytes start and end, their file offset; None: stop

@@ -353,10 +353,8 @@ def _reuse_stored(
     """The record's output as the stored base it was registered as, if that base is in the blob
     store with the recorded content: nothing written for ``into_store`` under the same name,
     else pulled to ``out`` (each file checked against its digest) and registered as ``name``."""
-    if not record.name or not ctx.catalog.bases.has(record.name):
-        return None
-    stored = ctx.catalog.bases.get(record.name, with_tensors=False)
-    if not stored.stored or stored.content_fingerprint != record.content_fingerprint:
+    stored = _stored_output(ctx, record)
+    if stored is None:
         return None
     if into_store and name == record.name:
         return MergeResult(path="", record=record, reused=True, registered=name, peak_rss_bytes=peak_rss())
@@ -403,12 +401,17 @@ def stored_record(
     recipe = make_recipe(fingerprint, inputs, method=method, params=dict(params or {}), dtype=dtype,
                          shard_size=parse_size(shard_size))  # fmt: skip
     record = ctx.catalog.merges.find(recipe.digest)
-    if record is None or record.name != str(AdapterName.parse(name)):
-        return None
-    stored = ctx.catalog.bases.get(record.name, with_tensors=False)
-    if not stored.stored or stored.content_fingerprint != record.content_fingerprint:
+    if record is None or record.name != str(AdapterName.parse(name)) or _stored_output(ctx, record) is None:
         return None
     return MergeResult(path="", record=record, reused=True, registered=record.name)
+
+
+def _stored_output(ctx: Context, record: MergeRecord) -> BaseModelInfo | None:
+    """The base the record names, if it is in the blob store with the recorded content."""
+    if not record.name or not ctx.catalog.bases.has(record.name):
+        return None
+    stored = ctx.catalog.bases.get(record.name, with_tensors=False)
+    return stored if stored.stored and stored.content_fingerprint == record.content_fingerprint else None
 
 
 def register_merged(ctx: Context, out: Path, name: str, digests: Mapping[str, str], record: MergeRecord) -> None:

@@ -53,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lora_hub._direct import DirectFile
+from lora_hub._direct import UPLOAD_STAGE, UPLOAD_STAGES, DirectFile
 from lora_hub._version import __version__
 from lora_hub.api import ServingHub, TokenInfo
 from lora_hub.errors import (
@@ -90,7 +90,6 @@ from lora_hub.types import (
 log = logging.getLogger("lora_hub.service")
 NO_NAMESPACE = "_"  # in /v1/blobs/{ns}/...: names without a namespace ("_" is never a namespace)
 MAX_JSON_BODY = 8 << 20  # manifests and small requests; blobs have their own limit
-UPLOAD_STAGE = 2 << 20  # bytes per staging buffer of a blob upload (three per upload)
 ERROR_HEADER = "X-Lorahub-Error"
 RETRY_AFTER_S = 1  # what a 429 asks a client to wait: an upload slot frees as soon as one ends
 BUSY_TRIES, BUSY_WAIT_S = 100, 0.05  # a session another request still writes (a client that resumed early)
@@ -783,7 +782,7 @@ async def _receive(
     it for NaN/Inf); never more than ``limit`` bytes (413 as soon as it passes). Returns (digest,
     size). The event loop only copies the body into staging buffers: threads hash and write
     them, past the page cache (``lora_hub._direct``; 3 x 2 MiB of buffers per upload)."""
-    fh = DirectFile(path, hasher=state, direct=direct_io, stage=UPLOAD_STAGE, stages=3)
+    fh = DirectFile(path, hasher=state, direct=direct_io, stage=UPLOAD_STAGE, stages=UPLOAD_STAGES)
     try:
         async for chunk in request.stream():
             if fh.size + len(chunk) > limit:

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from lora_hub import _faults
-from lora_hub._direct import DirectFile, Hasher
+from lora_hub._direct import UPLOAD_STAGE, UPLOAD_STAGES, DirectFile, Hasher
 from lora_hub._fs import fsync_dir
 from lora_hub.errors import IntegrityError, InvalidArgumentError, StoreError
 from lora_hub.hashing import Advance, Sink, copy_and_hash, format_digest, hash_file, parse_digest
 from lora_hub.store.base import STALE_STAGE_S, BlobState, StageWriter, check_stage_id
 
-UPLOAD_STAGE = 2 << 20  # bytes per staging buffer of an upload being received (three of them)
 _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # What ``link`` answers where a file cannot be adopted by linking: another file system, a file
 # system without hard links, or a file at its link limit. Such a file is copied instead.
@@ -343,8 +342,8 @@ class LocalStore:
         try:
             # cut to the checked offset first (nothing is past it: the lock is held)
             # not fsynced per chunk: adopt_file fsyncs the whole, and the digest is checked then
-            fh = DirectFile(path, offset=offset, hasher=hasher, direct=self.direct_io, stage=UPLOAD_STAGE, stages=3,
-                            durable=False)  # fmt: skip
+            fh = DirectFile(path, offset=offset, hasher=hasher, direct=self.direct_io, stage=UPLOAD_STAGE,
+                            stages=UPLOAD_STAGES, durable=False)  # fmt: skip
             try:
                 yield fh
             except BaseException:
