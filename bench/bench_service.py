@@ -187,6 +187,7 @@ class LoadRun:
     wall_s: float
     errors: list[str]
     foreign_cpu_share: float  # other processes' CPU use meanwhile, as a share of one CPU
+    client_cpu_s: float = 0.0  # this process's CPU time meanwhile: the clients' own cost
 
     def pct(self, q: float) -> float:
         xs = sorted(self.samples_ms)
@@ -197,6 +198,11 @@ class LoadRun:
     @property
     def rate(self) -> float:
         return len(self.samples_ms) / self.wall_s
+
+    @property
+    def client_cpu_ms(self) -> float:
+        """The clients' CPU time per request (ms): what the load generator itself costs."""
+        return self.client_cpu_s * 1000 / max(1, len(self.samples_ms))
 
 
 def _children(pid: int) -> list[int]:
@@ -325,12 +331,13 @@ def _load(url: str, token: str, case: ListCase, clients: int, reps: int, warmup:
     for t in threads:
         t.start()
     barrier.wait(600)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     with _envinfo.ForeignCpu(own_pids) as foreign:
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
-    return LoadRun([x for xs in samples for x in xs], wall, errors, foreign.seconds / wall)
+    cpu = time.process_time() - cpu0
+    return LoadRun([x for xs in samples for x in xs], wall, errors, foreign.seconds / wall, cpu)
 
 
 def _pg_backends(url: str) -> Callable[[], list[int]]:
@@ -438,8 +445,8 @@ def _profile(url: str, home: Path, token: str, case: ListCase, requests: int) ->
 
 
 TABLE_HEAD = (
-    "| catalog | workers | client | query | clients | pause ms | p50 | p95 | p99 | req/s | errors | other CPU |\n"
-    "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| catalog | workers | client | query | clients | pause ms | p50 | p95 | p99 | req/s | client CPU ms/req | errors | other CPU |\n"
+    "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -448,7 +455,7 @@ def _table_row(key: tuple[str, int, str, str, int, float], run: LoadRun) -> str:
     p95 = run.pct(0.95)
     mark = " ✗" if clients > 1 and p95 > LIST_TARGET_P95_MS else ""
     cells = [backend, workers, kind, label, clients, f"{think:.0f}", f"{run.pct(0.5):.1f}", f"{p95:.1f}{mark}",
-             f"{run.pct(0.99):.1f}", f"{run.rate:.0f}", len(run.errors), f"{run.foreign_cpu_share:.0%}"]  # fmt: skip
+             f"{run.pct(0.99):.1f}", f"{run.rate:.0f}", f"{run.client_cpu_ms:.2f}", len(run.errors), f"{run.foreign_cpu_share:.0%}"]  # fmt: skip
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
@@ -528,7 +535,8 @@ def list_step(args: argparse.Namespace) -> None:
     print()
     print(
         f"✗: over the goal p95 <= {LIST_TARGET_P95_MS:.0f} ms. 'other CPU': what other processes of the machine "
-        "used meanwhile, as a share of one CPU (the server, its workers and its Postgres backends excepted)."
+        "used meanwhile, as a share of one CPU (the server, its workers and its Postgres backends excepted). "
+        "'client CPU': the benchmark's own clients' CPU time per request, on the same cores as the server."
     )
     for run in results.values():
         for err in run.errors[:3]:

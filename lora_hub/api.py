@@ -1033,9 +1033,17 @@ class ServingHub(Hub):
         """``search``'s page as JSON, from this process's cache while the catalog has not
         changed (``lora_hub.core.adapters.SearchCache``; ``generation`` as read before, once
         per request)."""
+        return self._page_cache().page_json(self._ctx, query, generation)
+
+    def search_json_kept(self, query: ListQuery, *, generation: int) -> bytes | None:
+        """``search_json``'s answer when this process keeps it for ``generation``, else None;
+        reads nothing (for a server's event loop, which must not wait on the catalog)."""
+        return self._page_cache().peek(query, generation)
+
+    def _page_cache(self) -> adapters.SearchCache:
         if self._pages is None:
             self._pages = adapters.SearchCache()
-        return self._pages.page_json(self._ctx, query, generation)
+        return self._pages
 
     def submit_request(self, request: Mapping[str, Any]) -> JobInfo:
         """Submit a job request sent as JSON (``lora_hub.core.jobs.JobRequest``)."""
@@ -1106,9 +1114,17 @@ class ServingHub(Hub):
         (``lora_hub.core.tokens.TokenCache``: a revocation moves it)."""
         if generation is None:
             return tokens.authenticate(self._ctx, secret)
+        return self._token_cache().lookup(self._ctx, secret, generation)
+
+    def authenticate_kept(self, secret: str, *, generation: int) -> tuple[bool, TokenInfo | None]:
+        """(True, ``authenticate``'s answer) when this process keeps it for ``generation``, else
+        (False, None); reads nothing."""
+        return self._token_cache().peek(secret, generation)
+
+    def _token_cache(self) -> tokens.TokenCache:
         if self._tokens is None:
             self._tokens = tokens.TokenCache()
-        return self._tokens.lookup(self._ctx, secret, generation)
+        return self._tokens
 
     def blob_size(self, digest: str) -> int | None:
         """The size of a stored blob, or None when it is not stored."""

@@ -281,15 +281,24 @@ class SearchCache:
         self._pages: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def page_json(self, ctx: Context, query: ListQuery, generation: int | None = None) -> bytes:
-        """The page's JSON; ``generation``: the catalog generation read by the caller before
-        (a request's, read once), else read now."""
-        key = (ctx.catalog.db.generation() if generation is None else generation, query.model_dump_json())
+    def peek(self, query: ListQuery, generation: int) -> bytes | None:
+        """The page's JSON when it is kept here for ``generation``, else None (no catalog read)."""
+        key = (generation, query.model_dump_json())
         with self._lock:
             page = self._pages.get(key)
             if page is not None:
                 self._pages.move_to_end(key)
-                return page
+            return page
+
+    def page_json(self, ctx: Context, query: ListQuery, generation: int | None = None) -> bytes:
+        """The page's JSON; ``generation``: the catalog generation read by the caller before
+        (a request's, read once), else read now."""
+        if generation is None:
+            generation = ctx.catalog.db.generation()
+        page = self.peek(query, generation)
+        if page is not None:
+            return page
+        key = (generation, query.model_dump_json())
         page = search(ctx, query).model_dump_json().encode()
         with self._lock:
             self._pages[key] = page

@@ -59,12 +59,21 @@ class TokenCache:
         self._found: OrderedDict[tuple[int, str], TokenInfo | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def lookup(self, ctx: Context, secret: str, generation: int) -> TokenInfo | None:
+    def peek(self, secret: str, generation: int) -> tuple[bool, TokenInfo | None]:
+        """(True, what ``lookup`` would answer) when it is kept here, else (False, None):
+        no catalog read, for a caller that must not block (a server's event loop)."""
         key = (generation, hash_secret(secret))
         with self._lock:
             if key in self._found:
                 self._found.move_to_end(key)
-                return self._found[key]
+                return True, self._found[key]
+        return False, None
+
+    def lookup(self, ctx: Context, secret: str, generation: int) -> TokenInfo | None:
+        kept, found = self.peek(secret, generation)
+        if kept:
+            return found
+        key = (generation, hash_secret(secret))
         found = authenticate(ctx, secret)
         with self._lock:
             self._found[key] = found

@@ -55,7 +55,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lora_hub._direct import UPLOAD_STAGE, UPLOAD_STAGES, DirectFile
 from lora_hub._version import __version__
-from lora_hub.api import ServingHub, TokenInfo
+from lora_hub.api import ServingHub
 from lora_hub.errors import (
     AdapterNotFoundError,
     BodyTooLargeError,
@@ -72,7 +72,8 @@ from lora_hub.errors import (
 from lora_hub.formats.safetensors_file import ScanningHash
 from lora_hub.hashing import parse_digest
 from lora_hub.refs import Ref
-from lora_hub.service.auth import Principal, principal_of
+from lora_hub.service.auth import Principal, bearer_secret, principal_for
+from lora_hub.service.shared import SharedRead
 from lora_hub.settings import Settings
 from lora_hub.types import (
     AdapterVersion,
@@ -211,17 +212,21 @@ def _has_body(request: Request) -> bool:
     return (length is not None and length.strip() not in ("", "0")) or "transfer-encoding" in request.headers
 
 
-def _principal(request: Request) -> Principal:
-    """The caller of this request: its token as the catalog holds it now (looked up again
-    whenever the catalog generation, read once per request, has moved)."""
+async def _principal(request: Request) -> Principal:
+    """The caller of this request: its token as the catalog holds it now. The catalog
+    generation is read once per request, by a read that started after the request arrived
+    (shared with the requests waiting at the same time: ``lora_hub.service.shared``); the token
+    is looked up again only when it has moved. On the event loop: a thread only on a miss."""
     hub: ServingHub = request.app.state.hub
-    generation = hub.generation()
+    generation = await request.app.state.generation()
     request.state.generation = generation
-
-    def lookup(secret: str) -> TokenInfo | None:
-        return hub.authenticate(secret, generation=generation)
-
-    found = principal_of(request.headers.get("authorization"), lookup, hub.settings.anonymous_read)
+    secret = bearer_secret(request.headers.get("authorization"))
+    token = None
+    if secret is not None:
+        kept, token = hub.authenticate_kept(secret, generation=generation)
+        if not kept:
+            token = await run_in_threadpool(hub.authenticate, secret, generation=generation)
+    found = principal_for(secret, token, hub.settings.anonymous_read)
     request.state.principal = found
     return found
 
@@ -257,6 +262,7 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
         lifespan=lifespan,
     )
     app.state.hub = the_hub
+    app.state.generation = SharedRead(the_hub.generation)
 
     @app.exception_handler(LoraHubError)
     async def _lorahub_error(request: Request, exc: LoraHubError) -> JSONResponse:
@@ -313,7 +319,7 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
 
     # --- adapters --------------------------------------------------------------------------------
     @app.get("/v1/adapters", tags=["adapters"], response_model=VersionPage)
-    def list_adapters(caller: Caller, request: Request, query: Annotated[ListQuery, Query()]) -> Response:
+    async def list_adapters(caller: Caller, request: Request, query: Annotated[ListQuery, Query()]) -> Response:
         """Versions matching the query (``lorahub list``: ``where``, ``sort``, ...). Answered from
         the server's cache while the catalog has not changed."""
         caller.need_any()
@@ -330,7 +336,10 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
                 )
             else:
                 query = query.model_copy(update={"namespace": pattern})
-        page = the_hub.search_json(query, generation=request.state.generation)
+        generation = request.state.generation
+        page = the_hub.search_json_kept(query, generation=generation)
+        if page is None:
+            page = await run_in_threadpool(the_hub.search_json, query, generation=generation)
         return Response(page, media_type="application/json")
 
     @app.get("/v1/adapters/{ref:path}/-/versions", tags=["adapters"])

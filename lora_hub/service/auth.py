@@ -60,16 +60,21 @@ class Principal:
             raise PermissionDeniedError("this needs an admin token for namespace *", hint="ask an admin")
 
 
-def principal_of(
-    authorization: str | None, lookup: Callable[[str], TokenInfo | None], anonymous_read: bool
-) -> Principal:
-    """The caller of a request with this ``Authorization`` header (``Bearer <token>``)."""
+def bearer_secret(authorization: str | None) -> str | None:
+    """The token secret of an ``Authorization`` header (``Bearer <token>``); None without one."""
     if not authorization:
-        return Principal(None, anonymous_read)
+        return None
     scheme, _, secret = authorization.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise UnauthorizedError("the Authorization header is not `Bearer <token>`", hint=_LOGIN_HINT)
-    token = lookup(secret.strip())
+    return secret.strip()
+
+
+def principal_for(secret: str | None, token: TokenInfo | None, anonymous_read: bool) -> Principal:
+    """The caller who sent ``secret`` (None: no ``Authorization``), whose token the catalog
+    holds as ``token`` (None: unknown)."""
+    if secret is None:
+        return Principal(None, anonymous_read)
     if token is None:
         raise UnauthorizedError("this token is not known to the server", hint=_LOGIN_HINT)
     state = token.state()

@@ -4,6 +4,7 @@ and the authorisation matrix: every route x every kind of token x own and foreig
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -265,3 +266,52 @@ def test_a_revoked_token_is_refused_by_the_next_request(served: Served, tmp_path
             assert r.status_code == 401 and "revoked" in r.text
     finally:
         other.close()
+
+
+def test_a_revocation_under_load_refuses_every_request_sent_after_it(tmp_path: Path, catalog_url: str) -> None:
+    """Requests waiting at the same moment share one generation read: none sent after the
+    revocation returned may be answered from a read that started before it. Each read is made
+    to take 50 ms more after its query, and clients keep one running nearly all the time, so
+    the requests sent after the revocation arrive while a read from before it runs."""
+    import time
+
+    hub = make_hub(tmp_path / "home", catalog_url)
+    read_generation = hub.generation
+
+    def slow_generation() -> int:
+        value = read_generation()
+        time.sleep(0.05)  # the window in which a wrong sharing would hand out a stale value
+        return value
+
+    hub.generation = slow_generation  # type: ignore[method-assign]
+    created = hub.token_create("read", "acme")
+    headers = {"Authorization": f"Bearer {created.secret}"}
+    revoked, stop = threading.Event(), threading.Event()
+    late: list[int] = []  # statuses of requests sent once the revocation had returned
+    lock = threading.Lock()
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            for _ in range(400):  # bounded; stopped long before
+                if stop.is_set():
+                    return
+                sent_late = revoked.is_set()
+                status = c.get("/v1/adapters", params={"namespace": "acme"}).status_code
+                if sent_late:
+                    with lock:
+                        late.append(status)
+
+    with hub, serve(hub) as url:
+        threads = [threading.Thread(target=load, args=(url,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as probe:
+            assert probe.get("/v1/adapters", params={"namespace": "acme"}).status_code == 200
+            hub.token_revoke(created.token.id)
+            revoked.set()
+            probed = [probe.get("/v1/adapters", params={"namespace": "acme"}).status_code for _ in range(10)]
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert set(probed) == {401}, probed
+    assert late and set(late) == {401}, sorted(late)
