@@ -23,10 +23,10 @@ rest. Where we differ from the reference tools, on purpose:
 
 - PEFT's ``add_weighted_adapter`` combines A and B separately for most types, so its
   ``B'A' != sum c_i B_i A_i`` (peft #3004); we combine the products ``delta_i`` exactly. Its SVD
-  types apply the LoRA scale twice (peft #3111) and rsLoRA inputs come out scaled by ``sqrt(r')``
-  (peft #3761); our outputs carry ``alpha = r`` per module, so the scale is exactly 1. It draws
-  masks from the global RNG; we use a ``torch.Generator`` seeded from ``(seed, module path)``,
-  the same in ``merge`` and ``combine``.
+  types apply the LoRA scale twice (peft #3111) and, before PEFT 0.22, rsLoRA inputs came out
+  scaled by ``sqrt(r')`` (peft #3761); our outputs carry ``alpha = r`` per module, so the scale
+  is exactly 1. It draws masks from the global RNG; we use a ``torch.Generator`` seeded from
+  ``(seed, module path)``, the same in ``merge`` and ``combine``.
 - PEFT's TIES divides the agreeing sum by the *count* of agreeing adapters; mergekit (and we)
   divide by the sum of their *weights*, which equals the paper's mean when weights are equal and
   keeps a weighted average a weighted average.
