@@ -445,7 +445,8 @@ def _profile(url: str, home: Path, token: str, case: ListCase, requests: int) ->
 
 
 TABLE_HEAD = (
-    "| catalog | workers | client | query | clients | pause ms | p50 | p95 | p99 | req/s | client CPU ms/req | errors | other CPU |\n"
+    "| catalog | workers | client | query | clients | pause ms | p50 | p95 | p99 | req/s | client CPU ms/req "
+    "| errors | other CPU |\n"
     "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
@@ -455,7 +456,8 @@ def _table_row(key: tuple[str, int, str, str, int, float], run: LoadRun) -> str:
     p95 = run.pct(0.95)
     mark = " ✗" if clients > 1 and p95 > LIST_TARGET_P95_MS else ""
     cells = [backend, workers, kind, label, clients, f"{think:.0f}", f"{run.pct(0.5):.1f}", f"{p95:.1f}{mark}",
-             f"{run.pct(0.99):.1f}", f"{run.rate:.0f}", f"{run.client_cpu_ms:.2f}", len(run.errors), f"{run.foreign_cpu_share:.0%}"]  # fmt: skip
+             f"{run.pct(0.99):.1f}", f"{run.rate:.0f}", f"{run.client_cpu_ms:.2f}", len(run.errors),
+             f"{run.foreign_cpu_share:.0%}"]  # fmt: skip
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 

@@ -42,7 +42,7 @@ def serve(
         ) from None
     gc.enable()  # a long-running process (see lora_hub.cli.main)
     ServingHub().upgrade_db()  # migrate once here rather than in every worker at once
-    uvicorn.run("lora_hub.service:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    uvicorn.run("lora_hub.service:serving_app", factory=True, host=host, port=port, workers=workers, log_level="info")
 
 
 def _print_tokens(tokens: list[TokenInfo]) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import re
@@ -234,8 +235,26 @@ async def _principal(request: Request) -> Principal:
 Caller = Annotated[Principal, Depends(_principal)]
 
 
-def create_app(settings: Settings | None = None, *, hub: ServingHub | None = None) -> FastAPI:
-    """The ASGI app over ``hub`` (default: a ``Hub`` of ``settings``, or of the environment)."""
+def _freeze_heap() -> None:
+    gc.collect()
+    gc.freeze()
+
+
+def serving_app() -> FastAPI:
+    """The app of ``lorahub serve``'s processes: ``create_app`` over the environment's settings,
+    with the heap frozen once started (``freeze_heap``)."""
+    return create_app(freeze_heap=True)
+
+
+def create_app(
+    settings: Settings | None = None, *, hub: ServingHub | None = None, freeze_heap: bool = False
+) -> FastAPI:
+    """The ASGI app over ``hub`` (default: a ``Hub`` of ``settings``, or of the environment).
+    ``freeze_heap``: once started, move every object then alive out of the garbage collector's
+    sight (``gc.freeze``), for a process that does nothing but serve: otherwise each full
+    collection walks the whole imported library, and every request waiting meanwhile
+    (all of them, under load) gets 70-110 ms later (``BENCHMARKS.md``, service ``list``). Not
+    for a process that goes on to do other work (tests): what was frozen is never collected."""
     the_hub = hub or ServingHub(settings=settings or Settings.from_env())
     cfg = the_hub.settings
 
@@ -249,6 +268,8 @@ def create_app(settings: Settings | None = None, *, hub: ServingHub | None = Non
         resumed = await run_in_threadpool(the_hub.resume_jobs)
         if resumed:
             log.info("resumed %d job(s) left by a server that stopped", resumed)
+        if freeze_heap:
+            _freeze_heap()
         yield
         if hub is None:
             the_hub.close()
