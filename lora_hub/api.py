@@ -1137,6 +1137,11 @@ class ServingHub(Hub):
     def namespace_uses_blob(self, namespace: str, digest: str) -> bool:
         return transfer.namespace_uses_blob(self._ctx, namespace, digest)
 
+    def receive_blob(self, digest: str, *, limit: int) -> AbstractContextManager[transfer.BlobReceiver]:
+        """Receive one blob the client says is ``digest``: write its bytes to the receiver as they
+        arrive; stored on exit only if they hash to ``digest`` (``lora_hub.core.transfer``)."""
+        return transfer.receive_blob(self._ctx, digest, limit=limit)
+
     def upload_file(self) -> AbstractContextManager[Path]:
         """A staging file name for an incoming upload, removed on exit."""
         return transfer.upload_file(self._ctx)
@@ -1147,9 +1152,9 @@ class ServingHub(Hub):
 
     def store_blob(self, src: str | os.PathLike[str], digest: str, nonfinite: list[str] | None = None) -> int:
         """Store the file ``src`` as blob ``digest``; the bytes written. A staged upload of this
-        process (``upload_file``), hashed by the server as it arrived (and scanned for NaN/Inf:
-        ``nonfinite``, from ``ScanningHash``), is adopted by hard link; any other file is copied
-        and hashed again (``lora_hub.core.transfer``)."""
+        process (``upload_file``), hashed by its receiver as it arrived (and scanned for NaN/Inf:
+        ``nonfinite``), is adopted by hard link; any other file is copied and hashed again
+        (``lora_hub.core.transfer``)."""
         return transfer.store_blob(self._ctx, Path(src), digest, nonfinite)
 
     def commit_manifest(

@@ -1,8 +1,8 @@
 """Content-addressed transfer, for a server: blobs one by one, then a version as a manifest.
 
 The shape is the OCI distribution protocol's. A client hashes its files first, asks which blobs
-are missing (``blob_size``), uploads only those (``store_blob``: the bytes were hashed as they
-were received, and are stored only if they match), and commits the version last
+are missing (``blob_size``), uploads only those (``receive_blob``: the bytes are hashed as they
+are received, and stored only if they match), and commits the version last
 (``commit_manifest``): a list of (path, digest, size) whose blobs must all be stored already,
 else ``MissingBlobsError`` lists the missing ones. Committing goes through ``adapters.push`` on a
 folder of hard links to the stored blobs, so a manifest is validated, deduplicated and recorded
@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_hub._context import Context
+from lora_hub._direct import UPLOAD_STAGE, UPLOAD_STAGES, DirectFile
 from lora_hub.core import adapters, bases, fits
 from lora_hub.core.common import is_base_name
 from lora_hub.errors import (
@@ -219,6 +220,61 @@ def store_blob(ctx: Context, src: Path, digest: str, nonfinite: list[str] | None
             with ctx.store.open_local(digest) as blob:
                 _VERIFIED.remember(root, digest, blob, nonfinite=nonfinite)
         return written
+
+
+class BlobReceiver:
+    """What ``receive_blob`` hands out: ``write`` the body's blocks as they arrive (each is
+    copied into a staging buffer; threads hash, scan and write them). ``size``: bytes so far;
+    ``written``: bytes the store added (0: it held the blob already), set once stored."""
+
+    def __init__(self, fh: DirectFile, limit: int) -> None:
+        self._fh = fh
+        self._limit = limit
+        self.written = 0
+
+    @property
+    def size(self) -> int:
+        return self._fh.size
+
+    def write(self, data: bytes) -> None:
+        if self._fh.size + len(data) > self._limit:
+            raise BodyTooLargeError(
+                f"the blob is over this server's limit of {self._limit:,} bytes",
+                hint="LORAHUB_MAX_UPLOAD_BYTES sets the limit for blobs",
+            )
+        self._fh.write(data)
+
+
+@contextlib.contextmanager
+def receive_blob(ctx: Context, digest: str, *, limit: int) -> Iterator[BlobReceiver]:
+    """Receive one blob whose client says it is ``digest`` (``PUT /v1/blobs/...``): the bytes
+    written to the receiver are staged (``upload_file``), hashed and scanned for NaN/Inf as they
+    come (``ScanningHash``), past the page cache (``lora_hub._direct``; 3 x 2 MiB of buffers),
+    never more than ``limit`` (``BodyTooLargeError`` as soon as it passes). On a clean exit the
+    staged file is made durable and, only if it hashes to ``digest``, stored by adoption
+    (``store_blob``: no copy, no second read); else ``DigestMismatchError`` and nothing is
+    stored. An exception from the body (a client gone) leaves nothing either.
+
+    Entering and leaving block (file creation, the last writes, fsync, the store): a server
+    calls them off its event loop and writes from it."""
+    parse_digest(digest)
+    with upload_file(ctx) as staged:
+        state = ScanningHash()
+        fh = DirectFile(staged, hasher=state, direct=ctx.settings.direct_io, stage=UPLOAD_STAGE, stages=UPLOAD_STAGES)
+        receiver = BlobReceiver(fh, limit)
+        try:
+            yield receiver
+        except BaseException:
+            fh.abort()
+            raise
+        fh.close()
+        got = "sha256:" + fh.hexdigest()
+        if got != digest:
+            raise DigestMismatchError(
+                f"the uploaded bytes hash to {got}, not {digest}: nothing was stored",
+                hint="upload the file again; if it changes while it is read, wait until it does not",
+            )
+        receiver.written = store_blob(ctx, staged, digest, state.nonfinite())
 
 
 def commit_manifest(

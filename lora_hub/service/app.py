@@ -42,7 +42,6 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request, Response
@@ -54,13 +53,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lora_hub._direct import UPLOAD_STAGE, UPLOAD_STAGES, DirectFile
 from lora_hub._version import __version__
 from lora_hub.api import ServingHub
 from lora_hub.errors import (
     AdapterNotFoundError,
     BodyTooLargeError,
-    DigestMismatchError,
     IncompatibleError,
     InvalidArgumentError,
     JobNotFoundError,
@@ -70,7 +67,6 @@ from lora_hub.errors import (
     TooManyRequestsError,
     UnauthorizedError,
 )
-from lora_hub.formats.safetensors_file import ScanningHash
 from lora_hub.hashing import parse_digest
 from lora_hub.refs import Ref
 from lora_hub.service.auth import Principal, bearer_secret, principal_for
@@ -546,22 +542,15 @@ def create_app(
     async def blob_put(caller: Caller, request: Request, namespace: str, digest: str) -> BlobStored:
         """Stream one blob in (``application/octet-stream``): hashed as it is written to a staged
         file, stored only if it matches ``digest`` (else 400 ``DIGEST_INVALID``, nothing stored).
-        The staged file itself becomes the blob (``store_blob`` adopts it: no copy, no second hash)."""
+        The staged file itself becomes the blob (``Hub.receive_blob``: no copy, no second hash)."""
         ns = _ns(namespace)
         _need_write(caller, ns)
         parse_digest(digest)
-        with slots.hold(), the_hub.upload_file() as staged:
-            state = ScanningHash()
-            got, size = await _receive(
-                request, staged, cfg.max_upload_bytes, state, direct_io=the_hub.settings.direct_io
-            )
-            if got != digest:
-                raise DigestMismatchError(
-                    f"the uploaded bytes hash to {got}, not {digest}: nothing was stored",
-                    hint="upload the file again; if it changes while it is read, wait until it does not",
-                )
-            written = await run_in_threadpool(the_hub.store_blob, staged, digest, state.nonfinite())
-        return BlobStored(digest=digest, size=size, written=written)
+        with slots.hold():
+            cm = the_hub.receive_blob(digest, limit=cfg.max_upload_bytes)
+            receiver = await run_in_threadpool(cm.__enter__)
+            await _stream_into(request, cm, receiver)
+        return BlobStored(digest=digest, size=receiver.size, written=receiver.written)
 
     # --- upload sessions (lora_hub.core.transfer) ---------------------------------------------------
     def _location(namespace: str, upload_id: str) -> str:
@@ -592,14 +581,7 @@ def create_app(
                 if not getattr(exc, "busy", False) or attempt + 1 == BUSY_TRIES:
                     raise
                 await asyncio.sleep(BUSY_WAIT_S)
-        try:
-            async for chunk in request.stream():
-                sink.write(chunk)
-        except BaseException as exc:
-            if not await run_in_threadpool(cm.__exit__, type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            await run_in_threadpool(cm.__exit__, None, None, None)
+        await _stream_into(request, cm, sink)
         return int(sink.offset)
 
     @app.post("/v1/blobs/{namespace}/uploads", tags=["transfer"], status_code=202)
@@ -805,21 +787,15 @@ class _EarlyLimit:
         await self.app(scope, receive, send)
 
 
-async def _receive(
-    request: Request, path: Path, limit: int, state: ScanningHash, *, direct_io: bool = True
-) -> tuple[str, int]:
-    """Write the request body to ``path`` as it arrives, hashing it into ``state`` (and scanning
-    it for NaN/Inf); never more than ``limit`` bytes (413 as soon as it passes). Returns (digest,
-    size). The event loop only copies the body into staging buffers: threads hash and write
-    them, past the page cache (``lora_hub._direct``; 3 x 2 MiB of buffers per upload)."""
-    fh = DirectFile(path, hasher=state, direct=direct_io, stage=UPLOAD_STAGE, stages=UPLOAD_STAGES)
+async def _stream_into(request: Request, cm: contextlib.AbstractContextManager[Any], sink: Any) -> None:
+    """Write the request body to ``sink`` (what ``cm`` was entered for, off the event loop) as
+    it arrives, on the event loop, then leave ``cm`` off it: with the body's exception, if any
+    (a client that went away), so that it keeps or discards what it staged."""
     try:
         async for chunk in request.stream():
-            if fh.size + len(chunk) > limit:
-                raise BodyTooLargeError(f"the blob is over this server's limit of {limit:,} bytes")
-            fh.write(chunk)
-    except BaseException:
-        fh.abort()
-        raise
-    await run_in_threadpool(fh.close)  # the last writes and the fsync, off the event loop
-    return "sha256:" + fh.hexdigest(), fh.size
+            sink.write(chunk)
+    except BaseException as exc:
+        if not await run_in_threadpool(cm.__exit__, type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await run_in_threadpool(cm.__exit__, None, None, None)
