@@ -245,8 +245,16 @@ def _recorded(ctx: Context, request: JobRequest) -> dict[str, Any] | None:
                                    shard_size=spec.shard_size)  # fmt: skip
     if merged is None:
         return None
-    doc = pipeline.PipelineResult(merge=merged).model_dump(mode="json")
-    doc["stored_base"] = merged.registered
+    return _stored_result(pipeline.PipelineResult(merge=merged), spec.name)
+
+
+def _stored_result(done: pipeline.PipelineResult, name: str) -> dict[str, Any]:
+    """A ``store_output`` job's result, run or answered from the record: the pipeline's, with no
+    merge ``path`` (the merged model has no folder of its own) and ``stored_base``: the name
+    to pull it by."""
+    doc = done.model_dump(mode="json")
+    doc["merge"]["path"] = ""
+    doc["stored_base"] = name
     return doc
 
 
@@ -430,10 +438,7 @@ def _execute_stored(ctx: Context, request: JobRequest, progress: Progress) -> di
             bases.store_folder(ctx, out, spec.name, progress=progress)
         elif not bases.show_base(ctx, spec.name).stored:  # the merge served from a record elsewhere
             raise JobFailedError(f"the merge of {spec.name} left no folder to store", hint="submit it with recompute")
-        doc = done.model_dump(mode="json")
-        doc["merge"]["path"] = ""
-        doc["stored_base"] = spec.name
-        return doc
+        return _stored_result(done, spec.name)
     except BaseException:
         # the merge registered its output, in the folder about to be removed: forget it again,
         # unless it was there before (stored by an earlier job)
