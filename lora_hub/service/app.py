@@ -44,6 +44,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Body, Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -261,11 +262,11 @@ def create_app(
         removed = await run_in_threadpool(the_hub.clean_uploads)
         if removed:
             log.info("removed %d staged upload(s) left by a server that stopped", removed)
+        if freeze_heap:  # before resumed jobs allocate: what they hold must stay collectable
+            _freeze_heap()
         resumed = await run_in_threadpool(the_hub.resume_jobs)
         if resumed:
             log.info("resumed %d job(s) left by a server that stopped", resumed)
-        if freeze_heap:
-            _freeze_heap()
         yield
         if hub is None:
             the_hub.close()
@@ -548,7 +549,7 @@ def create_app(
         parse_digest(digest)
         with slots.hold():
             cm = the_hub.receive_blob(digest, limit=cfg.max_upload_bytes)
-            receiver = await run_in_threadpool(cm.__enter__)
+            receiver = await _enter(cm)
             await _stream_into(request, cm, receiver)
         return BlobStored(digest=digest, size=receiver.size, written=receiver.written)
 
@@ -575,7 +576,7 @@ def create_app(
         for attempt in range(BUSY_TRIES):
             cm = the_hub.upload_append(ns, upload_id, start, end=end, limit=cfg.max_upload_bytes)
             try:
-                sink = await run_in_threadpool(cm.__enter__)
+                sink = await _enter(cm)
                 break
             except LoraHubError as exc:
                 if not getattr(exc, "busy", False) or attempt + 1 == BUSY_TRIES:
@@ -795,7 +796,16 @@ async def _stream_into(request: Request, cm: contextlib.AbstractContextManager[A
         async for chunk in request.stream():
             sink.write(chunk)
     except BaseException as exc:
-        if not await run_in_threadpool(cm.__exit__, type(exc), exc, exc.__traceback__):
+        with anyio.CancelScope(shield=True):  # a cancelled request still discards what it staged
+            kept = await run_in_threadpool(cm.__exit__, type(exc), exc, exc.__traceback__)
+        if not kept:
             raise
     else:
         await run_in_threadpool(cm.__exit__, None, None, None)
+
+
+async def _enter(cm: contextlib.AbstractContextManager[Any]) -> Any:
+    """``cm.__enter__()`` off the event loop, shielded: a request cancelled meanwhile must not
+    leave it entered with nobody to leave it (its staged file, threads and buffers)."""
+    with anyio.CancelScope(shield=True):
+        return await run_in_threadpool(cm.__enter__)

@@ -44,12 +44,13 @@ class SharedRead:
         if state.waiting is None:
             state.waiting = loop.create_future()
             state.waiting.add_done_callback(_consume)
-            if state.runner is None:
-                state.runner = loop.create_task(self._run(state))
+        if state.runner is None or state.runner.done():  # done: cancelled before it ever ran
+            state.runner = loop.create_task(self._run(state))
         # shield: a request that goes away (client disconnected) must not cancel the others' read
         return await asyncio.shield(state.waiting)
 
     async def _run(self, state: _LoopState) -> None:
+        future: asyncio.Future[int] | None = None
         try:
             while state.waiting is not None:
                 # Taken off before the read starts: whoever comes now waits for the next read.
@@ -65,6 +66,8 @@ class SharedRead:
                     future.set_result(value)
         finally:
             state.runner = None
+            if future is not None and not future.done():  # stopped by something not an Exception
+                future.cancel()
             if state.waiting is not None:
                 # Cancelled while requests had joined the next read: they must not wait forever.
                 state.waiting.cancel()

@@ -113,3 +113,23 @@ def test_each_event_loop_has_its_own_reads() -> None:
         gate.set()
     shared = SharedRead(reads)
     assert [asyncio.run(shared()) for _ in range(2)] == [1, 2]
+
+
+def test_a_read_cancelled_before_it_ran_does_not_stall_the_next_callers() -> None:
+    reads = _GatedReads()
+    for gate in reads.gates:
+        gate.set()
+    shared = SharedRead(reads)
+
+    async def main() -> None:
+        first = asyncio.create_task(shared())
+        await asyncio.sleep(0)  # the caller has made the read's task; it has not run yet
+        state = next(iter(shared._loops.values()))
+        assert state.runner is not None
+        state.runner.cancel()  # e.g. a shutdown helper cancelling every task of the loop
+        await asyncio.sleep(0)
+        # The next caller starts a read again, for itself and for the one still waiting.
+        assert await asyncio.wait_for(shared(), WAIT_S) == 1
+        assert await asyncio.wait_for(first, WAIT_S) == 1
+
+    _run(main)
